@@ -1,0 +1,482 @@
+"""Statistics of the evaluate stage: metrics, patient-bootstrap intervals and paired model comparisons.
+
+Every function is pure (arrays in, numbers or frozen dataclasses out) and seeded where random.
+Every test result carries its name and ``n`` and can ``describe()`` itself, so a report never
+prints a bare p-value.
+
+Conventions: ``classes`` lists the labels in the column order of ``proba``; in binary problems the
+positive class is the last one (osteoporosis), so sensitivity = recall of ``classes[-1]`` and the
+ROC-AUC is computed on its probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+# Scalar metrics shared by every model's fold and test tables (prefixed ``val_`` / ``test_`` there).
+METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "loss")
+
+# Below this many paired units a test's p-value is flagged as resting on a small sample.
+SMALL_SAMPLE = 10
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fmt_p(p: float) -> str:
+    """A p-value as a report prints it (never '0.000')."""
+    if not math.isfinite(p):
+        return "p undefined"
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
+def _sample_note(n: int, unit: str) -> str:
+    """'(n=5; small sample)' or '(n=40 scans)'."""
+    return f"(n={n} {unit}; small sample)" if n < SMALL_SAMPLE else f"(n={n} {unit})"
+
+
+def _as_proba_matrix(proba: Any, n_classes: int) -> np.ndarray:
+    """(n, k) probabilities; a 1-d binary input is the positive (last) class's probability."""
+    p = np.asarray(proba, dtype=float)
+    if p.ndim == 1:
+        if n_classes != 2:
+            raise ValueError("a 1-d probability vector is only meaningful for two classes")
+        p = np.column_stack([1.0 - p, p])
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise ValueError(f"proba must have shape (n, {n_classes}), got {p.shape}")
+    return p
+
+
+def _resolve_classes(y_true: np.ndarray, classes: Sequence[Any] | None) -> list[Any]:
+    """The given class order, else the sorted labels (sklearn's ``classes_`` order)."""
+    return list(classes) if classes is not None else sorted(np.unique(y_true).tolist())
+
+
+def midrank_auc(y_positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney midrank formula (ties count one half); fast enough for bootstraps."""
+    pos = np.asarray(y_positive, dtype=bool)
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m == 0 or n == 0:
+        return float("nan")
+    ranks = stats.rankdata(np.asarray(score, dtype=float))
+    return float((ranks[pos].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def _macro_auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float:
+    """Binary: AUC of the last class; more classes: unweighted mean of one-vs-rest AUCs."""
+    if len(classes) == 2:
+        return midrank_auc(y_true == classes[-1], proba[:, -1])
+    return float(np.mean([midrank_auc(y_true == c, proba[:, k]) for k, c in enumerate(classes)]))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(y_true: Any, proba: Any, classes: Sequence[Any]) -> dict[str, Any]:
+    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, log loss and confusion matrix.
+
+    Predictions are the arg-max class. Binary: precision/recall/F1/specificity of the positive
+    (last) class and the AUC of its probability. More classes: macro averages over classes, with
+    specificity TN/(TN+FP) one-vs-rest and the one-vs-rest macro ROC-AUC. ``per_class`` holds the
+    one-vs-rest figures of every class; ``loss`` is the log loss (the CNN's cross-entropy).
+    AUC is NaN where ``y_true`` holds a single class.
+    """
+    classes = list(classes)
+    y = np.asarray(y_true)
+    p = _as_proba_matrix(proba, len(classes))
+    y_pred = np.asarray(classes, dtype=object)[p.argmax(axis=1)]
+    y_obj = y.astype(object)
+
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y_obj, y_pred, labels=classes, average=None, zero_division=0
+    )
+    # Rows of each 2x2 matrix: [[TN, FP], [FN, TP]] for "this class vs the rest".
+    mcm = multilabel_confusion_matrix(y_obj, y_pred, labels=classes)
+    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
+    spec = np.divide(tn, tn + fp, out=np.zeros(len(classes)), where=(tn + fp) > 0)
+    auc_k = [midrank_auc(y == c, p[:, k]) for k, c in enumerate(classes)]
+
+    present = np.isin(classes, y)
+    if present.sum() < 2:
+        auc = float("nan")
+    elif len(classes) == 2:
+        auc = float(roc_auc_score(y == classes[-1], p[:, -1]))
+    elif present.all():
+        auc = float(roc_auc_score(y_obj, p, multi_class="ovr", average="macro", labels=classes))
+    else:  # sklearn's ovr refuses absent classes; average the ones that can be scored
+        auc = float(np.nanmean(auc_k))
+
+    pick = slice(-1, None) if len(classes) == 2 else slice(None)  # binary: the positive class only
+    return {
+        "n": int(y.size),
+        "classes": classes,
+        "accuracy": float(accuracy_score(y_obj, y_pred)),
+        "precision": float(np.mean(prec[pick])),
+        "recall": float(np.mean(rec[pick])),
+        "specificity": float(np.mean(spec[pick])),
+        "f1": float(np.mean(f1[pick])),
+        "auc": auc,
+        "loss": float(log_loss(y_obj, p, labels=classes)),
+        "confusion_matrix": confusion_matrix(y_obj, y_pred, labels=classes).tolist(),
+        "per_class": {
+            str(c): {
+                "precision": float(prec[k]),
+                "recall": float(rec[k]),
+                "specificity": float(spec[k]),
+                "f1": float(f1[k]),
+                "auc": float(auc_k[k]),
+                "support": int(support[k]),
+            }
+            for k, c in enumerate(classes)
+        },
+    }
+
+
+# --------------------------------------------------------------------------- patient bootstrap
+
+
+def _group_indices(groups: Any) -> list[np.ndarray]:
+    """Row indices of each patient, in a fixed (sorted-id) order so results are reproducible."""
+    codes, _ = pd.factorize(pd.Series(np.asarray(groups)), sort=True)
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+
+
+def _patient_resamples(
+    y_true: np.ndarray, groups: Any, n_boot: int, seed: int
+) -> Iterator[np.ndarray | None]:
+    """Row indices of ``n_boot`` patient resamples (all scans of each drawn patient);
+    ``None`` where a class of ``y_true`` is missing from the resample."""
+    members = _group_indices(groups)
+    n_classes = np.unique(y_true).size
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        yield rows if np.unique(y_true[rows]).size == n_classes else None
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """Percentile CI from a patient bootstrap; unpacks as ``point, lo, hi``."""
+
+    metric: str
+    point: float
+    lo: float
+    hi: float
+    alpha: float
+    n: int
+    n_patients: int
+    n_boot: int
+    n_skipped: int
+    test: str = "patient bootstrap"
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.point, self.lo, self.hi))
+
+    def describe(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return (
+            f"{self.metric} {self.point:.3f} ({level}% CI {self.lo:.3f} to {self.hi:.3f}; {self.test} over "
+            f"{self.n_patients} patients, {self.n_boot} resamples, {self.n_skipped} skipped for a missing class) "
+            f"{_sample_note(self.n, 'scans')}"
+        )
+
+
+def bootstrap_ci(
+    y_true: Any,
+    proba: Any,
+    groups: Any,
+    metric_fn: MetricFn,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    *,
+    name: str | None = None,
+) -> BootstrapCI:
+    """Percentile CI of ``metric_fn(y_true, proba)`` by resampling patients (``groups``), not scans.
+
+    Scans of one patient are correlated, so patients are drawn with replacement and all their
+    scans taken. Resamples lacking a class are skipped and counted (``n_skipped``).
+    ``name`` labels the metric in ``describe()`` (default: the function's name).
+    """
+    y, p = np.asarray(y_true), np.asarray(proba)
+    point = float(metric_fn(y, p))
+    values = [float(metric_fn(y[r], p[r])) for r in _patient_resamples(y, groups, n_boot, seed) if r is not None]
+    lo, hi = (np.quantile(values, [alpha / 2, 1 - alpha / 2]) if values else (np.nan, np.nan))
+    return BootstrapCI(
+        metric=name or getattr(metric_fn, "__name__", "metric"),
+        point=point,
+        lo=float(lo),
+        hi=float(hi),
+        alpha=alpha,
+        n=int(y.size),
+        n_patients=len(np.unique(np.asarray(groups))),
+        n_boot=n_boot,
+        n_skipped=n_boot - len(values),
+    )
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+@dataclass(frozen=True)
+class PairedTTest:
+    """Paired t-test of two models' per-fold scores."""
+
+    n: int
+    statistic: float
+    p_value: float
+    mean_a: float
+    sd_a: float
+    mean_b: float
+    sd_b: float
+    test: str = "paired t-test"
+
+    def describe(self) -> str:
+        return (
+            f"{self.test} over {self.n} folds: t={self.statistic:.3g}, {_fmt_p(self.p_value)}; "
+            f"A {self.mean_a:.3f}±{self.sd_a:.3f} vs B {self.mean_b:.3f}±{self.sd_b:.3f} "
+            f"{_sample_note(self.n, 'folds')}"
+        )
+
+
+def paired_ttest(a_fold_scores: Sequence[float], b_fold_scores: Sequence[float]) -> PairedTTest:
+    """scipy's paired t-test of A vs B over the same CV folds, with mean±sd (ddof=1) of each.
+
+    With five folds the test has 4 degrees of freedom and the folds share training data, so the
+    p-value is optimistic (Nadeau & Bengio); the result says so through its small-sample flag.
+    """
+    a, b = np.asarray(a_fold_scores, dtype=float), np.asarray(b_fold_scores, dtype=float)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError("need two equally long score sequences of at least 2 folds")
+    res = stats.ttest_rel(a, b)
+    return PairedTTest(
+        n=int(a.size),
+        statistic=float(res.statistic),
+        p_value=float(res.pvalue),
+        mean_a=float(a.mean()),
+        sd_a=float(a.std(ddof=1)),
+        mean_b=float(b.mean()),
+        sd_b=float(b.std(ddof=1)),
+    )
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Exact McNemar test: ``b`` = A right & B wrong, ``c`` = A wrong & B right, of ``n`` paired scans."""
+
+    n: int
+    b: int
+    c: int
+    p_value: float
+    test: str = "exact McNemar test"
+
+    @property
+    def statistic(self) -> int:
+        """The binomial test's statistic: ``b`` out of ``b + c`` discordant pairs."""
+        return self.b
+
+    def describe(self) -> str:
+        return (
+            f"{self.test}: A-only correct b={self.b}, B-only correct c={self.c} of {self.b + self.c} "
+            f"discordant pairs, {_fmt_p(self.p_value)} {_sample_note(self.n, 'scans')}"
+        )
+
+
+def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
+    """Exact (binomial, p=0.5, two-sided) McNemar test on the discordant pairs of two classifiers."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("correct_a and correct_b must describe the same scans")
+    n_b, n_c = int((a & ~b).sum()), int((~a & b).sum())
+    # No discordant pair: no evidence either way.
+    p = float(stats.binomtest(n_b, n_b + n_c, 0.5).pvalue) if n_b + n_c else 1.0
+    return McNemarResult(n=int(a.size), b=n_b, c=n_c, p_value=p)
+
+
+def delong_covariance(y_true: Any, scores: Any, pos_label: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of ``k`` score vectors (shape (k, n)) on the same cases and DeLong's (k, k) covariance.
+
+    Uses the placement (structural component) form with midranks: a positive's placement is the
+    fraction of negatives it outscores (ties count 1/2), computed from its rank among all cases
+    minus its rank among the positives. Positive class: ``pos_label``, else the largest label.
+    """
+    y = np.asarray(y_true)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    pos = y == (np.unique(y)[-1] if pos_label is None else pos_label)
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m < 2 or n < 2:
+        raise ValueError("DeLong needs at least two positive and two negative cases")
+    x, z = s[:, pos], s[:, ~pos]
+    r_all = stats.rankdata(np.concatenate([x, z], axis=1), axis=1)
+    r_x, r_z = stats.rankdata(x, axis=1), stats.rankdata(z, axis=1)
+    v10 = (r_all[:, :m] - r_x) / n  # per positive: share of negatives below it
+    v01 = 1.0 - (r_all[:, m:] - r_z) / m  # per negative: share of positives above it
+    aucs = v10.mean(axis=1)
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, cov
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """DeLong test of two correlated ROC AUCs."""
+
+    n: int
+    n_positive: int
+    n_negative: int
+    auc_a: float
+    auc_b: float
+    cov: tuple[tuple[float, float], tuple[float, float]]
+    statistic: float
+    p_value: float
+    test: str = "DeLong test"
+
+    def describe(self) -> str:
+        return (
+            f"{self.test} of correlated AUCs: A {self.auc_a:.3f} vs B {self.auc_b:.3f}, "
+            f"z={self.statistic:.3g}, {_fmt_p(self.p_value)} "
+            f"(n={self.n} scans: {self.n_positive} positive, {self.n_negative} negative)"
+        )
+
+
+def delong_test(y_true: Any, score_a: Any, score_b: Any, pos_label: Any = None) -> DeLongResult:
+    """Two-sided DeLong test that two scores have the same ROC-AUC on the same binary cases.
+
+    The scans are treated as independent; with several scans per patient prefer
+    :func:`bootstrap_auc_difference`, which resamples patients.
+    """
+    y = np.asarray(y_true)
+    aucs, cov = delong_covariance(y, np.vstack([score_a, score_b]), pos_label)
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = float(aucs[0] - aucs[1])
+    if var <= 0:  # identical rankings: the difference is exactly 0 with no spread
+        z, p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+    else:
+        z = diff / math.sqrt(var)
+        p = float(2 * stats.norm.sf(abs(z)))
+    n_pos = int((y == (np.unique(y)[-1] if pos_label is None else pos_label)).sum())
+    return DeLongResult(
+        n=int(y.size),
+        n_positive=n_pos,
+        n_negative=int(y.size) - n_pos,
+        auc_a=float(aucs[0]),
+        auc_b=float(aucs[1]),
+        cov=((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))),
+        statistic=float(z),
+        p_value=float(p),
+    )
+
+
+@dataclass(frozen=True)
+class BootstrapDifference:
+    """Patient-bootstrap comparison of two models' macro ROC-AUC on the same scans."""
+
+    n: int
+    n_patients: int
+    auc_a: float
+    auc_b: float
+    difference: float
+    lo: float
+    hi: float
+    p_value: float
+    alpha: float
+    n_boot: int
+    n_skipped: int
+    test: str = "patient-bootstrap AUC difference"
+
+    @property
+    def statistic(self) -> float:
+        """The observed difference AUC_A - AUC_B."""
+        return self.difference
+
+    def describe(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return (
+            f"{self.test}: A {self.auc_a:.3f} - B {self.auc_b:.3f} = {self.difference:+.3f} "
+            f"({level}% CI {self.lo:+.3f} to {self.hi:+.3f}), {_fmt_p(self.p_value)}; "
+            f"{self.n_patients} patients, {self.n_boot} resamples, {self.n_skipped} skipped "
+            f"{_sample_note(self.n, 'scans')}"
+        )
+
+
+def bootstrap_auc_difference(
+    y_true: Any,
+    proba_a: Any,
+    proba_b: Any,
+    groups: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    classes: Sequence[Any] | None = None,
+    alpha: float = 0.05,
+) -> BootstrapDifference:
+    """Paired patient bootstrap of AUC_A - AUC_B (one-vs-rest macro AUC; binary: positive-class AUC).
+
+    Both models are scored on the same resample. The CI is the percentile interval. The p-value
+    inverts that interval: twice the share of resampled differences on the far side of 0
+    (``<= 0`` when the observed difference is positive), with the +1 correction
+    ``(1 + count) / (1 + valid resamples)`` so it is never reported as exactly 0; capped at 1.
+    ``classes`` gives the column order of the probabilities (default: sorted labels).
+    """
+    y = np.asarray(y_true)
+    cls = _resolve_classes(y, classes)
+    pa, pb = _as_proba_matrix(proba_a, len(cls)), _as_proba_matrix(proba_b, len(cls))
+    auc_a, auc_b = _macro_auc(y, pa, cls), _macro_auc(y, pb, cls)
+    diffs = np.array(
+        [
+            _macro_auc(y[r], pa[r], cls) - _macro_auc(y[r], pb[r], cls)
+            for r in _patient_resamples(y, groups, n_boot, seed)
+            if r is not None
+        ]
+    )
+    observed = auc_a - auc_b
+    if diffs.size:
+        lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+        far_side = int((diffs <= 0).sum()) if observed > 0 else int((diffs >= 0).sum())
+        p = 1.0 if observed == 0 else min(1.0, 2 * (1 + far_side) / (1 + diffs.size))
+    else:
+        lo = hi = p = float("nan")
+    return BootstrapDifference(
+        n=int(y.size),
+        n_patients=len(np.unique(np.asarray(groups))),
+        auc_a=float(auc_a),
+        auc_b=float(auc_b),
+        difference=float(observed),
+        lo=float(lo),
+        hi=float(hi),
+        p_value=float(p),
+        alpha=alpha,
+        n_boot=n_boot,
+        n_skipped=n_boot - int(diffs.size),
+    )
+
+
+# --------------------------------------------------------------------------- multiplicity
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaNs stay NaN, outside the family."""
+    finite = sorted((p, k) for k, p in p_values.items() if math.isfinite(p))
+    m, running, adjusted = len(finite), 0.0, {k: float("nan") for k in p_values}
+    for i, (p, k) in enumerate(finite):
+        running = max(running, min(1.0, (m - i) * p))  # monotone: never below a smaller p's adjustment
+        adjusted[k] = running
+    return adjusted
+

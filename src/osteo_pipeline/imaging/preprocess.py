@@ -1,0 +1,87 @@
+"""Intensity normalisation, ROI crop and resize: the one preprocessing path.
+
+Both the ``roi_resize`` pipeline and the served model call :func:`preprocess_scan`,
+so training and serving can never disagree on preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from osteo_pipeline.imaging.roi import detect_spine_roi
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class RoiChoice:
+    """The box used for a scan and where it came from (``csv``, ``auto`` or ``whole``)."""
+
+    box: Box
+    source: str
+
+
+def window_to_uint8(pixels: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Map the robust intensity window [p_low, p_high] to 0..255.
+
+    Percentiles rather than min/max so a burned-in marker or a dead pixel cannot
+    squeeze the bone into a few grey levels.
+    """
+    lo, hi = np.percentile(pixels, [low_pct, high_pct])
+    if hi <= lo:  # flat image: keep it flat rather than dividing by zero
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    scaled = (pixels.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def clip_box(box: Box, width: int, height: int) -> Box | None:
+    """Clip a box to the image; None when nothing of it is left."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(width, x1), min(height, y1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def choose_roi(pixels: np.ndarray, given: Box | None, margin: float) -> RoiChoice:
+    """Prefer a given (ground-truth) box, else detect the spine, else the whole image."""
+    height, width = pixels.shape[:2]
+    if given is not None and (box := clip_box(given, width, height)) is not None:
+        return RoiChoice(box, "csv")
+    detected = detect_spine_roi(pixels, margin=margin)
+    if detected is not None:
+        return RoiChoice(detected, "auto")
+    return RoiChoice((0, 0, width, height), "whole")
+
+
+def crop_resize(pixels: np.ndarray, box: Box, size: int, low_pct: float, high_pct: float) -> np.ndarray:
+    """Crop, window to uint8 (statistics from the crop itself) and resize to ``size`` x ``size`` x 3."""
+    x0, y0, x1, y1 = box
+    roi = window_to_uint8(pixels[y0:y1, x0:x1], low_pct, high_pct)
+    # INTER_AREA averages when shrinking: no aliasing of the trabecular texture.
+    resized = cv2.resize(roi, (size, size), interpolation=cv2.INTER_AREA)
+    return np.repeat(resized[:, :, None], 3, axis=2)
+
+
+def preprocess_scan(
+    pixels: np.ndarray,
+    sizes: list[int],
+    given_box: Box | None = None,
+    margin: float = 0.05,
+    low_pct: float = 1.0,
+    high_pct: float = 99.0,
+) -> tuple[RoiChoice, dict[int, np.ndarray]]:
+    """Grayscale scan -> (ROI used, {size: uint8 HxWx3 array}) for every requested size."""
+    choice = choose_roi(pixels, given_box, margin)
+    return choice, {s: crop_resize(pixels, choice.box, s, low_pct, high_pct) for s in sizes}
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
