@@ -30,6 +30,7 @@ def make_project(root: Path) -> Path:
     """Lay out an empty project at ``root``: the repo's conf and pyproject, empty data folders."""
     shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()  # Kedro checks the source dir exists; the code runs from the installed package
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(REPO / name, root / name)
     for layer in ("01_raw", "02_intermediate", "05_model_input", "06_models", "08_reporting"):
@@ -44,14 +45,25 @@ def run_kedro(
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    import mlflow
+
     bootstrap_project(project)
-    cwd = os.getcwd()
+    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(project)  # relative catalog paths (data/...) resolve against the project, as on the CLI
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"  # each test project its own store
     try:
         with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
             return session.run(pipeline_names=pipelines)
     finally:
+        # `kedro run` is one session per process; several in one process (as here) must not
+        # share kedro-mlflow's still-active parent run.
+        while mlflow.active_run():
+            mlflow.end_run()
         os.chdir(cwd)
+        if uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 @pytest.fixture(scope="session")

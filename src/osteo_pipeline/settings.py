@@ -1,6 +1,7 @@
 """Project settings: config loader and hooks (kedro-mlflow registers its own hooks)."""
 
 from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -12,4 +13,6 @@ CONFIG_LOADER_ARGS = {
     # conf/test overrides single keys of a parameter block (e.g. split.n_folds) instead of
     # replacing the whole block.
     "merge_strategy": {"parameters": "soft"},
+    # ${oc.env:VAR,default} outside credentials: mlflow.yml reads MLFLOW_TRACKING_URI with it.
+    "custom_resolvers": {"oc.env": oc.env},
 }

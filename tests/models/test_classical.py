@@ -21,7 +21,9 @@ GRIDS = {
 }
 
 
-def _texture_images(n_per_class: int, blur: tuple[float, ...], seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+def _texture_images(
+    n_per_class: int, blur: tuple[float, ...], seed: int, size: int = 48
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 RGB images whose classes differ only in texture (noise blurred by ``blur[k]``),
     each rescaled to the same mean and spread so intensity alone cannot separate them."""
     rng = np.random.default_rng(seed)

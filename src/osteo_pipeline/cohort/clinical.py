@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import truncnorm
 
 LABELS: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")
 
@@ -36,6 +37,8 @@ class ClassStats:
     """Distribution parameters of one diagnostic class (means and SDs as in Table 2)."""
 
     bmd: tuple[float, float]
+    # Location and scale before truncation to t_bounds, chosen so that the truncated mean
+    # matches Table 2 (truncation alone would pull it towards the band's centre).
     t_score: tuple[float, float]
     t_bounds: tuple[float, float]  # inclusive, already on the 2-decimal grid
     z_score: tuple[float, float]
@@ -50,7 +53,7 @@ class ClassStats:
 CLASS_STATS: dict[str, ClassStats] = {
     "normal": ClassStats(
         bmd=(0.95, 0.12),
-        t_score=(-0.8, 0.2),
+        t_score=(-0.92, 0.22),
         t_bounds=(-1.0, 3.0),
         z_score=(0.1, 0.1),
         age=(62.3, 7.8),
@@ -72,7 +75,7 @@ CLASS_STATS: dict[str, ClassStats] = {
     ),
     "osteoporosis": ClassStats(
         bmd=(0.62, 0.10),
-        t_score=(-2.9, 0.3),
+        t_score=(-2.83, 0.3),
         t_bounds=(-5.0, -2.5),
         z_score=(-0.5, 0.2),
         age=(61.0, 8.4),
@@ -152,10 +155,14 @@ def sample_patients(
     sex, scans = _sex_per_patient(rng, n_scans, n_repeat, st.male_fraction)
     n = len(sex)
     latent = _truncated_latent(rng, n, *st.t_score, st.t_bounds)
+    # Standardise the truncated latent so BMD and Z-score keep their Table 2 mean and SD.
+    lo, hi = ((b - st.t_score[0]) / st.t_score[1] for b in st.t_bounds)
+    t_mean, t_var = truncnorm.stats(lo, hi, moments="mv")
+    shared = (latent - float(t_mean)) / np.sqrt(float(t_var))
     rho = _LATENT_CORRELATION
     resid = np.sqrt(1.0 - rho**2)
-    bmd = st.bmd[0] + st.bmd[1] * (rho * latent + resid * rng.standard_normal(n))
-    z_score = st.z_score[0] + st.z_score[1] * (rho * latent + resid * rng.standard_normal(n))
+    bmd = st.bmd[0] + st.bmd[1] * (rho * shared + resid * rng.standard_normal(n))
+    z_score = st.z_score[0] + st.z_score[1] * (rho * shared + resid * rng.standard_normal(n))
     age = np.clip(np.round(rng.normal(*st.age, n)), *_AGE_RANGE).astype(int)
     bmi = np.clip(rng.normal(*st.bmi, n), *_BMI_RANGE)
     vfrac = rng.random(n) < st.vertebral_fracture_prob

@@ -51,10 +51,10 @@ def existing_scans(out_dir: Path) -> list[Path]:
     return found
 
 
-def _plan(
+def plan_cohort(
     seed: int, counts: dict[str, int], repeat_fraction: float
 ) -> tuple[pd.DataFrame, list[ScanJob]]:
-    """Clinical rows (one per scan) and the render job of each scan."""
+    """Clinical rows (one per scan, in job order) and the render job of each scan; no I/O."""
     clinical_seq, patients_seq = np.random.SeedSequence(seed).spawn(2)
     patients = sample_cohort_patients(np.random.default_rng(clinical_seq), counts, repeat_fraction)
     rows: list[dict[str, object]] = []
@@ -138,7 +138,7 @@ def generate_cohort(
             )
         _clear(out)
     counts = {"normal": n_normal, "osteopenia": n_osteopenia, "osteoporosis": n_osteoporosis}
-    clinical, jobs = _plan(seed, counts, repeat_patient_fraction)
+    clinical, jobs = plan_cohort(seed, counts, repeat_patient_fraction)
     for label in clinical["label"].unique():
         (out / label).mkdir(parents=True, exist_ok=True)
     boxes = dict(_run_jobs(jobs, out, scale, workers))

@@ -164,6 +164,8 @@ def _patient_resamples(
 ) -> Iterator[np.ndarray | None]:
     """Row indices of ``n_boot`` patient resamples (all scans of each drawn patient);
     ``None`` where a class of ``y_true`` is missing from the resample."""
+    if len(np.asarray(groups)) != len(y_true):
+        raise ValueError("groups must give one patient id per scan")
     members = _group_indices(groups)
     n_classes = np.unique(y_true).size
     rng = np.random.default_rng(seed)

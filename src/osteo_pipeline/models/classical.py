@@ -183,7 +183,7 @@ def cross_validate_classical(
     ``classes`` orders the probability columns (default: sorted labels, e.g. normal < osteoporosis);
     ``n_jobs`` parallelises the grid search (results do not depend on it).
     """
-    x = features.reset_index(drop=True)
+    x = pd.DataFrame(features).reset_index(drop=True)
     y = np.asarray(labels)
     fold_ids = np.asarray(folds, dtype=int)
     cls = list(classes) if classes is not None else sorted(np.unique(y).tolist())
@@ -210,4 +210,5 @@ def cross_validate_classical(
         fitted = clone(best).fit(x.iloc[train_idx], y[train_idx])
         metrics = classification_metrics(y[val_idx], _ordered_proba(fitted, x.iloc[val_idx], cls), cls)
         rows.append({"fold": int(fold), **{f"val_{m}": metrics[m] for m in METRIC_NAMES}})
-    return _model_params(search.best_params_, kind), pd.DataFrame(rows, columns=list(FOLD_COLUMNS)), search.best_estimator_
+    fold_table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS))
+    return _model_params(search.best_params_, kind), fold_table, search.best_estimator_

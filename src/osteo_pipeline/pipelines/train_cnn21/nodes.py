@@ -1,0 +1,63 @@
+"""Nodes of train_cnn21: pick the scheme's training scans, cross-validate CNN21, fit the final model."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from osteo_pipeline.models.cnn21 import build_cnn21
+from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
+
+MODEL_NAME = "cnn21"
+
+
+def _builder_and_config(params: dict[str, Any], seed: int) -> tuple[partial, TrainingConfig]:
+    config = TrainingConfig.from_params(params["training"], seed=seed, model_name=MODEL_NAME)
+    return partial(build_cnn21, **params["model"]), config
+
+
+def select_training_scans(model_input: dict[str, np.ndarray], split_table: pd.DataFrame, label_scheme: str) -> TrainingSet:
+    """Training-partition scans of ``label_scheme`` (test partition set aside, checked)."""
+    return select_training_set(model_input, split_table, label_scheme)
+
+
+def cross_validate_cnn21(
+    training_set: TrainingSet,
+    augmentation_policy: dict[str, Any],
+    class_weights: dict[str, Any],
+    data_fingerprint: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
+    """Per-fold metrics for each learning rate, the CV summary with the chosen rate, and the
+    chosen rate's CV means as parent-run metrics."""
+    builder, config = _builder_and_config(params, seed)
+    fold_metrics = cross_validate(
+        builder, training_set, config=config, augmentation_policy=augmentation_policy,
+        class_weights=class_weights, data_fingerprint=data_fingerprint,
+    )
+    summary = {**summarise_cv(fold_metrics), "data": training_set.counts, "data_fingerprint": data_fingerprint}
+    chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
+    parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+    return fold_metrics, summary, parent_metrics
+
+
+def fit_final_cnn21(
+    training_set: TrainingSet,
+    augmentation_policy: dict[str, Any],
+    class_weights: dict[str, Any],
+    data_fingerprint: dict[str, Any],
+    cv_summary: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Fit CNN21 at the chosen learning rate on the whole training partition; model and report."""
+    builder, config = _builder_and_config(params, seed)
+    return final_fit(
+        builder, training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
+        augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,
+    )

@@ -1,0 +1,32 @@
+"""Wiring of train_cnn21 (prerequisite: `kedro run --pipelines=roi_resize,split_augment`)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from osteo_pipeline.pipelines.train_cnn21.nodes import cross_validate_cnn21, fit_final_cnn21, select_training_scans
+
+_TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                select_training_scans,
+                inputs=["model_input_150", "split_table", "params:label_scheme"],
+                outputs="cnn21_training_set",
+                name="select_cnn21_training_scans",
+            ),
+            Node(
+                cross_validate_cnn21,
+                inputs=["cnn21_training_set", *_TRAINING_INPUTS, "params:train_cnn21", "params:seed"],
+                outputs=["cnn21_fold_metrics", "cnn21_cv_summary", "cnn21_cv_metrics"],
+                name="cross_validate_cnn21",
+            ),
+            Node(
+                fit_final_cnn21,
+                inputs=["cnn21_training_set", *_TRAINING_INPUTS, "cnn21_cv_summary", "params:train_cnn21", "params:seed"],
+                outputs=["cnn21_model", "cnn21_final_fit"],
+                name="fit_final_cnn21",
+            ),
+        ]
+    )

@@ -1,0 +1,346 @@
+"""The one training loop: fit a model, cross-validate a learning-rate grid, final fit.
+
+Models plug in as builders: ``builder(input_shape=(H, W, C), num_classes=K) -> keras.Model``
+(uncompiled, softmax output, input scaled to [0, 1]); bind their own hyper-parameters with
+``functools.partial``. The loop owns everything else: input streams, optimiser, class-weighted
+cross-entropy, early stopping, metrics, MLflow child runs, precision, strategy, determinism.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils.class_weight import compute_class_weight
+
+from osteo_pipeline.training import runtime, tracking
+from osteo_pipeline.training.data import VAL_PARTITION_FOLD, InputStreams, TrainingSet
+from osteo_pipeline.training.metrics import classification_metrics, prefixed
+
+logger = logging.getLogger(__name__)
+
+ModelBuilder = Callable[..., keras.Model]
+SELECTION_METRIC = "val_auc"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training protocol (paper section 4); built from the ``training`` parameters."""
+
+    model_name: str
+    learning_rates: tuple[float, ...] = (1e-3,)
+    optimizer: str = "adam"
+    batch_size: int = 16
+    max_epochs: int = 50
+    early_stopping_patience: int = 10
+    final_val_fraction: float = 0.15
+    augment: bool = True
+    precision: str = "auto"
+    strategy: str = "default"
+    deterministic: bool = False
+    seed: int = 42
+    track: bool = True
+    registered_model_name: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> TrainingConfig:
+        """Build from a parameters dict; unknown keys are an error (a typo must not pass silently)."""
+        values = {**params, **overrides}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training parameters: {sorted(unknown)}")
+        values["learning_rates"] = tuple(float(lr) for lr in values.get("learning_rates", cls.learning_rates))
+        return cls(**values)
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat MLflow params (the learning-rate grid is logged by the parent run)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "learning_rates"}
+
+
+@dataclass
+class FitResult:
+    """A trained model with its history and validation metrics (sklearn, best weights)."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    run_id: str | None
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One log line per epoch: metrics, seconds per epoch, ETA to the epoch limit."""
+
+    def __init__(self, label: str, max_epochs: int):
+        super().__init__()
+        self.label, self.max_epochs = label, max_epochs
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        per_epoch = (time.perf_counter() - self._start) / (epoch + 1)
+        eta = per_epoch * (self.max_epochs - epoch - 1)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        logger.info(
+            "%s epoch %d/%d  %s  | %.1f s/epoch, ETA <= %dm%02ds (early stopping may end sooner)",
+            self.label, epoch + 1, self.max_epochs, shown, per_epoch, eta // 60, eta % 60,
+        )
+
+
+def _class_weight(training_set: TrainingSet, indices: np.ndarray, class_weights: dict[str, Any] | None) -> dict[int, float]:
+    """Class weights by index: the given ``{scheme: {class: w}}`` entry, else balanced on ``indices``."""
+    scheme = training_set.counts.get("label_scheme")
+    given = (class_weights or {}).get(scheme)
+    if given:
+        return {i: float(given[c]) for i, c in enumerate(training_set.class_names)}
+    classes = np.arange(len(training_set.class_names))
+    present = np.unique(training_set.labels[indices])
+    weights = compute_class_weight("balanced", classes=present, y=training_set.labels[indices])
+    lookup = dict(zip(present.tolist(), weights.tolist(), strict=True))
+    return {int(c): float(lookup.get(c, 1.0)) for c in classes}
+
+
+def _export_float32(builder: ModelBuilder, model: keras.Model) -> keras.Model:
+    """Copy trained weights into a float32, strategy-free twin: the saved model then runs
+    anywhere (bf16/fp16 inference is slow or missing on many CPUs); variables are float32 anyway."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        twin = builder(input_shape=tuple(model.input_shape[1:]), num_classes=model.output_shape[-1])
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def fit_model(
+    builder: ModelBuilder,
+    streams: InputStreams,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    learning_rate: float,
+    config: TrainingConfig,
+    augmentation_policy: dict[str, Any] | None,
+    class_weights: dict[str, Any] | None = None,
+    run_name: str,
+    run_params: dict[str, Any] | None = None,
+    run_tags: dict[str, str] | None = None,
+    on_trained: Callable[[keras.Model], None] | None = None,
+) -> FitResult:
+    """Train one model on ``train_idx`` with early stopping on ``val_idx``, as one MLflow run.
+
+    ``on_trained``, if given, gets the trained model (best weights) while the run is still active
+    (used to log the final model into the same run).
+    """
+    ts = streams.training_set
+    precision = runtime.apply_precision(config.precision)
+    runtime.seed_everything(config.seed, config.deterministic)
+    strategy = runtime.get_strategy(config.strategy)
+    class_weight = _class_weight(ts, train_idx, class_weights)
+    # Streams (and the augmenter's RNG variable) live outside the strategy scope: they run on
+    # the host, and a mirrored RNG variable cannot be updated inside tf.data.
+    train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
+    val_ds = streams.evaluate(val_idx)
+    with strategy.scope():
+        model = builder(input_shape=tuple(ts.images.shape[1:]), num_classes=streams.num_classes)
+        model.compile(
+            optimizer=keras.optimizers.get({"class_name": config.optimizer, "config": {"learning_rate": learning_rate}}),
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        )
+    params = {
+        **config.as_params(),
+        "learning_rate": learning_rate,
+        "precision_resolved": precision,
+        "replicas": strategy.num_replicas_in_sync,
+        "input_shape": "x".join(map(str, ts.images.shape[1:])),
+        "class_names": ",".join(ts.class_names),
+        "class_weight": {ts.class_names[i]: round(w, 4) for i, w in class_weight.items()},
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "n_params": model.count_params(),
+        **(run_params or {}),
+    }
+    tags = {**tracking.environment_tags(precision, config.strategy), "model": config.model_name, **(run_tags or {})}
+    with tracking.child_run(run_name, params, tags, enabled=config.track) as run_id:
+        start = time.perf_counter()
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.max_epochs,
+            class_weight=class_weight,
+            shuffle=False,  # the training stream shuffles itself (seeded)
+            verbose=0,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+                ),
+                EpochProgress(f"[{run_name}]", config.max_epochs),
+                tracking.MlflowEpochLogger(),
+            ],
+        ).history
+        seconds = time.perf_counter() - start
+        y_prob = model.predict(val_ds, verbose=0)
+        metrics = prefixed(classification_metrics(ts.labels[val_idx], y_prob, ts.class_names), "val")
+        epochs_run = len(history["loss"])
+        best_epoch = int(np.argmin(history["val_loss"])) + 1
+        # Logged one step after the last epoch: the run's latest val_* are the restored best
+        # weights' sklearn metrics, the figures every model's runs are compared on.
+        tracking.log_metrics(metrics, step=epochs_run)
+        tracking.log_metrics(
+            {"best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": seconds,
+             "train_images_per_second": len(train_idx) * epochs_run / seconds}
+        )
+        tracking.log_training_curves(history, run_name)
+        if on_trained is not None:
+            on_trained(model)
+    logger.info("[%s] done: %d epochs (best %d) in %.0f s; %s", run_name, epochs_run, best_epoch, seconds,
+                ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return FitResult(model, history, metrics, best_epoch, epochs_run, seconds, run_id)
+
+
+def _release(result: FitResult) -> None:
+    """Drop a finished model and Keras' global graph state so memory stays flat across fits."""
+    result.model = None
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+
+
+def cross_validate(
+    builder: ModelBuilder,
+    training_set: TrainingSet,
+    *,
+    config: TrainingConfig,
+    augmentation_policy: dict[str, Any] | None,
+    class_weights: dict[str, Any] | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Train one model per learning rate x CV fold (validating on the fold); one row of metrics each."""
+    streams = InputStreams(training_set, config.batch_size)
+    folds = training_set.cv_folds
+    if len(folds) < 2:
+        raise ValueError(f"cross-validation needs >= 2 folds in the split table, got {folds}")
+    rows, total, done = [], len(config.learning_rates) * len(folds), 0
+    for lr in config.learning_rates:
+        for fold in folds:
+            done += 1
+            train_idx = np.flatnonzero((training_set.folds != fold) & (training_set.folds != VAL_PARTITION_FOLD))
+            val_idx = np.flatnonzero(training_set.folds == fold)
+            result = fit_model(
+                builder, streams, train_idx, val_idx,
+                learning_rate=lr, config=config, augmentation_policy=augmentation_policy,
+                class_weights=class_weights,
+                run_name=f"{config.model_name}-lr{lr:g}-fold{fold} ({done}/{total})",
+                run_params={"fold": fold, "n_folds": len(folds), "stage": "cv", "label_scheme": training_set.counts.get("label_scheme")},
+                run_tags={"stage": "cv", **tracking.fingerprint_tags(data_fingerprint or {})},
+            )
+            rows.append({
+                "model": config.model_name, "learning_rate": lr, "fold": fold,
+                "n_train": len(train_idx), "n_val": len(val_idx),
+                **{k.removeprefix("val_"): v for k, v in result.metrics.items()},
+                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                "train_seconds": round(result.seconds, 2), "mlflow_run_id": result.run_id,
+            })
+            _release(result)
+    return pd.DataFrame(rows)
+
+
+def summarise_cv(fold_metrics: pd.DataFrame) -> dict[str, Any]:
+    """Mean and SD of each metric per learning rate, and the rate with the best mean validation AUC.
+
+    Folds whose AUC is undefined (single-class validation fold) are skipped in the means.
+    """
+    metric_cols = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc", "loss") if c in fold_metrics]
+    grouped = fold_metrics.groupby("learning_rate")[metric_cols]
+    means, sds = grouped.mean(), grouped.std(ddof=1)
+    if means["auc"].isna().all():
+        raise ValueError("validation AUC undefined in every fold: each fold needs scans of every class")
+    best_lr = float(means["auc"].idxmax())  # idxmax: first (grid order) on ties, NaN skipped
+    return {
+        "selection": f"mean {SELECTION_METRIC} over {fold_metrics['fold'].nunique()} folds",
+        "best_learning_rate": best_lr,
+        "by_learning_rate": {
+            f"{lr:g}": {**{f"val_{m}_mean": _num(means.loc[lr, m]) for m in metric_cols},
+                        **{f"val_{m}_sd": _num(sds.loc[lr, m]) for m in metric_cols}}
+            for lr in means.index
+        },
+    }
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def final_split(training_set: TrainingSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices for the final fit: the "val" partition if the split has one, else a
+    patient-grouped, class-stratified ``val_fraction`` of the training partition."""
+    fixed_val = training_set.folds == VAL_PARTITION_FOLD
+    if fixed_val.any():
+        return np.flatnonzero(~fixed_val), np.flatnonzero(fixed_val)
+    n_splits = max(2, round(1 / val_fraction))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(splitter.split(training_set.images[:, :1, :1, 0], training_set.labels, training_set.patient_ids))
+    return train_idx, val_idx
+
+
+def final_fit(
+    builder: ModelBuilder,
+    training_set: TrainingSet,
+    *,
+    learning_rate: float,
+    config: TrainingConfig,
+    augmentation_policy: dict[str, Any] | None,
+    class_weights: dict[str, Any] | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Fit on the whole training partition (early stopping on a held-out patient group),
+    log and register the model in MLflow; return a float32 model and a report."""
+    streams = InputStreams(training_set, config.batch_size)
+    train_idx, val_idx = final_split(training_set, config.final_val_fraction, config.seed)
+    kept: dict[str, Any] = {}
+
+    def export_and_log(model: keras.Model) -> None:
+        kept["model"] = _export_float32(builder, model)
+        if config.track:
+            kept["model_uri"] = tracking.log_keras_model(kept["model"], training_set.class_names, config.registered_model_name)
+
+    result = fit_model(
+        builder, streams, train_idx, val_idx,
+        learning_rate=learning_rate, config=config, augmentation_policy=augmentation_policy,
+        class_weights=class_weights, run_name=f"{config.model_name}-final-lr{learning_rate:g}",
+        run_params={"stage": "final", "label_scheme": training_set.counts.get("label_scheme")},
+        run_tags={"stage": "final", **tracking.fingerprint_tags(data_fingerprint or {})},
+        on_trained=export_and_log,
+    )
+    report = {
+        "model": config.model_name,
+        "learning_rate": learning_rate,
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "val_patients": sorted(set(training_set.patient_ids[val_idx].tolist())),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.seconds, 2),
+        **result.metrics,
+        "mlflow_run_id": result.run_id,
+        "mlflow_model_uri": kept.get("model_uri"),
+        "registered_model_name": config.registered_model_name if config.track else None,
+        "class_names": list(training_set.class_names),
+        **training_set.counts,
+    }
+    result.model = None  # the float32 twin is what leaves the loop
+    gc.collect()
+    return kept["model"], report

@@ -1,0 +1,161 @@
+"""MLflow bookkeeping for the training loop: nested child runs, environment, curves, models.
+
+kedro-mlflow opens one parent run per ``kedro run``; every training here is a child of
+whatever run is active (or a top-level run when there is none, e.g. in a notebook).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures only go to files
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import mlflow.tensorflow  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types import Schema, TensorSpec  # noqa: E402
+
+from osteo_pipeline.training import runtime  # noqa: E402
+
+_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "mlflow", "kedro", "kedro-mlflow", "scikit-learn", "numpy", "pandas")
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a training result depends on."""
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@functools.cache
+def git_commit() -> str:
+    """Commit of the code that trains (``<sha>-dirty`` with local changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def environment_tags(precision: str, strategy: str) -> dict[str, str]:
+    """Tags that say what produced a run: code commit, packages, device, numerics."""
+    tags = {f"version.{k}": v for k, v in package_versions().items()}
+    commit = git_commit()
+    tags.update(
+        {
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            "git_commit": commit,
+            "device": runtime.device_name(),
+            "precision": precision,
+            "strategy": strategy,
+        }
+    )
+    return tags
+
+
+def fingerprint_tags(data_fingerprint: dict[str, Any]) -> dict[str, str]:
+    """``data.manifest_sha256``, ``data.split_seed``...: which data a run saw."""
+    return {f"data.{k}": str(v) for k, v in (data_fingerprint or {}).items()}
+
+
+@contextmanager
+def child_run(name: str, params: dict[str, Any], tags: dict[str, str], enabled: bool = True) -> Iterator[str | None]:
+    """Run the body inside a (nested) MLflow run carrying ``params`` and ``tags``; yield its id."""
+    if not enabled:
+        yield None
+        return
+    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None, tags=tags) as run:
+        mlflow.log_params(params)
+        yield run.info.run_id
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log finite metrics to the active run (NaN, e.g. an undefined AUC, is skipped)."""
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=step)
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Per-epoch Keras metrics (loss, accuracy, auc and val_*) as MLflow metric histories."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        log_metrics({k: v for k, v in (logs or {}).items() if k != "learning_rate"}, step=epoch)
+
+
+def training_curves_figure(history: dict[str, Sequence[float]], title: str) -> plt.Figure:
+    """Loss / accuracy / AUC per epoch, training vs validation (paper Figure 5 style)."""
+    names = [n for n in ("loss", "accuracy", "auc") if n in history]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        epochs = np.arange(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], label="training")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], label="validation")
+        ax.set(title=name, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_training_curves(history: dict[str, Sequence[float]], title: str) -> None:
+    """Attach the training-curve plot to the active run as ``training_curves.png``."""
+    if mlflow.active_run() is None:
+        return
+    fig = training_curves_figure(history, title)
+    mlflow.log_figure(fig, "training_curves.png")
+    plt.close(fig)
+
+
+def _requirements() -> list[str]:
+    # Pinned from the running environment: MLflow's own inference reloads the model in a
+    # subprocess, which costs tens of seconds per logged model.
+    versions = package_versions()
+    tf_dist = "tensorflow" if "tensorflow" in versions else "tensorflow-cpu"
+    return [f"{name}=={versions[name]}" for name in (tf_dist, "keras", "numpy") if name in versions]
+
+
+def log_keras_model(model: keras.Model, class_names: Sequence[str], registered_model_name: str | None) -> str:
+    """Log ``model`` as an MLflow model (signature, input example) and register a new version.
+
+    Input: float32 images scaled to [0, 1]; output: one probability per class, in ``class_names`` order.
+    """
+    input_shape = tuple(int(d) for d in model.input_shape[1:])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(class_names)))]),
+    )
+    # A blank image, not a scan: patient pixels must not leave the data folders via the registry.
+    example = np.zeros((1, *input_shape), dtype=np.float32)
+    # The tensorflow flavour (it saves Keras 3 models as .keras): mlflow.keras 3.17 writes the
+    # input example before creating the model folder and fails.
+    info = mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=_requirements(),
+        metadata={"class_names": list(class_names), "input_scaling": "uint8 / 255"},
+    )
+    return info.model_uri

@@ -1,0 +1,60 @@
+"""The training loop: it learns, it selects by mean validation AUC, it keeps patients together."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from osteo_pipeline.models.cnn21 import build_cnn21
+from osteo_pipeline.training import TrainingConfig, select_training_set, summarise_cv
+from osteo_pipeline.training.data import InputStreams
+from osteo_pipeline.training.loop import final_split, fit_model
+
+
+def test_training_lowers_the_loss(inputs):
+    """CNN21 must learn a trivially separable task: a model that cannot learn fails here."""
+    ts = select_training_set(*inputs, "binary")
+    config = TrainingConfig.from_params(
+        {"max_epochs": 6, "early_stopping_patience": 6, "batch_size": 8, "augment": False, "track": False},
+        model_name="cnn21",
+    )
+    idx = np.arange(len(ts.labels))
+    result = fit_model(
+        partial(build_cnn21, l2=0.0), InputStreams(ts, config.batch_size), idx, idx,
+        learning_rate=1e-3, config=config, augmentation_policy=None, run_name="learns",
+    )
+    loss = result.history["loss"]
+    assert len(loss) == 6
+    assert min(loss[-2:]) < 0.6 * loss[0], loss
+    assert result.metrics["val_accuracy"] > 0.8, result.metrics
+
+
+def test_summary_picks_the_best_mean_validation_auc():
+    folds = pd.DataFrame(
+        {
+            "learning_rate": [1e-3, 1e-3, 1e-4, 1e-4, 1e-2, 1e-2],
+            "fold": [0, 1, 0, 1, 0, 1],
+            "auc": [0.8, 0.9, 0.95, np.nan, 0.7, 0.99],  # NaN: a single-class fold, skipped
+            **{m: 0.5 for m in ("accuracy", "precision", "recall", "specificity", "f1", "loss")},
+        }
+    )
+    summary = summarise_cv(folds)
+    assert summary["best_learning_rate"] == 1e-4
+    assert summary["by_learning_rate"]["0.001"]["val_auc_mean"] == pytest.approx(0.85)
+
+
+def test_final_split_holds_out_whole_patients_of_every_class(inputs):
+    ts = select_training_set(*inputs, "binary")
+    train_idx, val_idx = final_split(ts, val_fraction=0.25, seed=1)
+    assert len(train_idx) + len(val_idx) == len(ts.labels)
+    assert not set(ts.patient_ids[train_idx]) & set(ts.patient_ids[val_idx])
+    assert set(ts.labels[val_idx]) == {0, 1}
+
+
+def test_config_rejects_unknown_parameters():
+    with pytest.raises(ValueError, match="max_epoch"):
+        TrainingConfig.from_params({"max_epoch": 3}, model_name="x")
+    assert TrainingConfig.from_params({"learning_rates": ["1e-3", 3e-4]}, model_name="x").learning_rates == (1e-3, 3e-4)
