@@ -2,68 +2,16 @@
 
 Tests that run pipelines use the ``test`` Kedro environment (conf/test: tiny cohort, 3 folds,
 few epochs) on the real code paths, in a temporary project folder so the work tree's data/
-and mlflow.db are never touched.
+and mlflow.db are never touched. The helpers live in ``osteo_testkit``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-KNEE = SHARED / "datasets" / "knee-xray-3class"
-
-# The test-scale cohort: enough patients per class for a stratified split and 3 folds.
-TEST_COHORT = {"seed": 42, "n_normal": 14, "n_osteoporosis": 20, "scale": 0.25}
-
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def make_project(root: Path) -> Path:
-    """Lay out an empty project at ``root``: the repo's conf and pyproject, empty data folders."""
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()  # Kedro checks the source dir exists; the code runs from the installed package
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(REPO / name, root / name)
-    for layer in ("01_raw", "02_intermediate", "05_model_input", "06_models", "08_reporting"):
-        (root / "data" / layer).mkdir(parents=True)
-    return root
-
-
-def run_kedro(
-    project: Path, pipelines: list[str], params: dict[str, Any] | None = None, env: str = "test"
-) -> dict[str, Any]:
-    """Run registered pipelines in-process, as `kedro run --env test --pipelines ...` would."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    import mlflow
-
-    bootstrap_project(project)
-    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(project)  # relative catalog paths (data/...) resolve against the project, as on the CLI
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"  # each test project its own store
-    try:
-        with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
-            return session.run(pipeline_names=pipelines)
-    finally:
-        # `kedro run` is one session per process; several in one process (as here) must not
-        # share kedro-mlflow's still-active parent run.
-        while mlflow.active_run():
-            mlflow.end_run()
-        os.chdir(cwd)
-        if uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
+from osteo_testkit import TEST_COHORT, make_project, run_kedro
 
 
 @pytest.fixture(scope="session")

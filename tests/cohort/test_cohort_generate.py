@@ -22,7 +22,8 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
 def test_layout_and_tables(tiny_cohort: tuple[Path, pd.DataFrame]) -> None:
@@ -32,7 +33,8 @@ def test_layout_and_tables(tiny_cohort: tuple[Path, pd.DataFrame]) -> None:
     assert list(clinical.columns) == list(CLINICAL_COLUMNS)
     assert list(roi.columns) == list(ROI_COLUMNS)
     assert list(roi["file"]) == list(clinical["file"]) == list(table["file"])
-    assert clinical["label"].value_counts().to_dict() == {"osteoporosis": 8, "normal": 6, "osteopenia": 4}
+    counts = clinical["label"].value_counts().to_dict()
+    assert counts == {"osteoporosis": 8, "normal": 6, "osteopenia": 4}
     assert (clinical["t_score"].map(who_label) == clinical["label"]).all()
     assert set(clinical["sex"]) <= {"M", "F"}
     assert set(clinical["fracture_history"]) <= {0, 1}
@@ -116,15 +118,31 @@ def test_refuses_to_overwrite_without_permission(tmp_path: Path, tiny_params: di
         generate_cohort(tmp_path, **small)
     table = generate_cohort(tmp_path, **small, overwrite=True)
     # The previous, larger cohort is gone: only the new scans remain.
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == sorted(table["file"])
+    pngs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert pngs == sorted(table["file"])
+
+
+def test_never_touches_foreign_scans(tmp_path: Path, tiny_params: dict[str, object]) -> None:
+    stray = tmp_path / "site_a" / "scan.jpg"
+    stray.parent.mkdir()
+    stray.write_bytes(b"not ours")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError):
+            generate_cohort(tmp_path, **tiny_params, overwrite=overwrite)
+    assert stray.read_bytes() == b"not ours"
+    (tmp_path / ".gitkeep").write_text("")  # not a scan: an otherwise empty folder is fine
+    stray.unlink()
+    assert len(generate_cohort(tmp_path, **tiny_params)) == 18
 
 
 def test_cli_summary_and_guard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--out", str(tmp_path), "--seed", "5", "--n-normal", "3", "--n-osteoporosis", "3",
-            "--n-osteopenia", "2", "--scale", "0.1", "--repeat-patient-fraction", "0.2"]
+            "--n-osteopenia", "2", "--scale", "0.1", "--repeat-patient-fraction", "0.2",
+            "--workers", "1"]
     assert main(args) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("wrote 8 scans (normal=3, osteopenia=2, osteoporosis=3)") and line.endswith(" s")
+    assert line.startswith("wrote 8 scans (normal=3, osteopenia=2, osteoporosis=3)")
+    assert line.endswith(" s")
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0

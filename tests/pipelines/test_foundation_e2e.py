@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import KNEE, make_project, run_kedro
+from osteo_testkit import KNEE, make_project, run_kedro
 
 pytestmark = pytest.mark.xdist_group("kedro_project")
 

@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-normal", type=int, default=60, help="normal scans")
     p.add_argument("--n-osteoporosis", type=int, default=114, help="osteoporosis scans")
     p.add_argument("--n-osteopenia", type=int, default=0, help="osteopenia scans (third WHO class)")
-    p.add_argument("--scale", type=float, default=1.0, help="image size factor (anatomy stays proportional)")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="image size factor (anatomy stays proportional)"
+    )
     p.add_argument(
         "--repeat-patient-fraction", type=float, default=0.1, help="share of patients with a second scan"
     )

@@ -9,11 +9,11 @@ they correlate within a class as they would in a real cohort.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import truncnorm
 
 LABELS: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")
 
@@ -110,6 +110,24 @@ def repeat_patient_count(n_scans: int, fraction: float) -> int:
     return min(n_rep, n_scans // 2)
 
 
+def _pdf(x: float) -> float:
+    """Standard normal density."""
+    return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _cdf(x: float) -> float:
+    """Standard normal distribution function."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _truncated_moments(lo: float, hi: float) -> tuple[float, float]:
+    """Mean and variance of a standard normal truncated to [lo, hi]."""
+    z = _cdf(hi) - _cdf(lo)
+    mean = (_pdf(lo) - _pdf(hi)) / z
+    var = 1.0 + (lo * _pdf(lo) - hi * _pdf(hi)) / z - mean**2
+    return mean, var
+
+
 def _truncated_latent(
     rng: np.random.Generator, n: int, mean: float, sd: float, bounds: tuple[float, float]
 ) -> np.ndarray:
@@ -157,8 +175,8 @@ def sample_patients(
     latent = _truncated_latent(rng, n, *st.t_score, st.t_bounds)
     # Standardise the truncated latent so BMD and Z-score keep their Table 2 mean and SD.
     lo, hi = ((b - st.t_score[0]) / st.t_score[1] for b in st.t_bounds)
-    t_mean, t_var = truncnorm.stats(lo, hi, moments="mv")
-    shared = (latent - float(t_mean)) / np.sqrt(float(t_var))
+    t_mean, t_var = _truncated_moments(lo, hi)
+    shared = (latent - t_mean) / math.sqrt(t_var)
     rho = _LATENT_CORRELATION
     resid = np.sqrt(1.0 - rho**2)
     bmd = st.bmd[0] + st.bmd[1] * (rho * shared + resid * rng.standard_normal(n))

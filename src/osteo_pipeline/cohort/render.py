@@ -65,11 +65,11 @@ class Acquisition:
     offset: float
     heel: float  # relative vertical exposure gradient
     noise: float  # noise SD at zero signal (fraction of full range)
-    noise_slope: float  # extra noise SD per unit signal
+    noise_slope: float  # extra noise SD per square root of signal (quantum noise)
     line_amp: float  # SD of the per-row scan-line offsets
     line_period: float  # period of the striping / pitch
     bits: int  # 8 or 16
-    white: int  # value of full signal (255, 4095 or 65535)
+    white: int  # value of full signal: 255, or 4095 / 16383 / 65535 in 16-bit files
     noise_seed: int
 
 
@@ -105,7 +105,9 @@ def _texture(shape: tuple[int, int], anatomy: Anatomy, body_px: float) -> np.nda
     return (1.0 - c) + c * field / (float(field.mean()) + 1e-6)
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float) -> np.ndarray:
+def _ellipse(
+    u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float
+) -> np.ndarray:
     """Normalised elliptical radius around (cu, cv) with semi-axes (au, av)."""
     return np.sqrt(((u - cu) / au) ** 2 + ((v - cv) / av) ** 2)
 
@@ -116,16 +118,31 @@ def _window(n: int, centre: float, half: float) -> slice:
 
 
 def _add_blob(
-    canvas: np.ndarray, cu: float, cv: float, au: float, av: float, profile: Callable[[np.ndarray], np.ndarray]
+    canvas: np.ndarray,
+    centre: tuple[float, float],
+    axes: tuple[float, float],
+    amp: float,
+    profile: Callable[[np.ndarray], np.ndarray],
 ) -> None:
-    """Add profile(rho) of an ellipse centred at canvas (x, y) = (cu, cv), only where it lives."""
+    """Add amp * profile(rho) of an ellipse at canvas (x, y) = centre, only where it lives."""
+    (cu, cv), (au, av) = centre, axes
     rows = _window(canvas.shape[0], cv, 2.0 * av)
     cols = _window(canvas.shape[1], cu, 2.0 * au)
     if rows.stop <= rows.start or cols.stop <= cols.start:
         return
     v = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
     u = np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
-    canvas[rows, cols] += profile(_ellipse(u, v, cu, cv, au, av)).astype(np.float32)
+    canvas[rows, cols] += (amp * profile(_ellipse(u, v, cu, cv, au, av))).astype(np.float32)
+
+
+def _ring(rho: np.ndarray) -> np.ndarray:
+    """Bright elliptical outline with a faint fill: a tube of cortex seen end-on."""
+    return np.exp(-(((rho - 1.0) / 0.3) ** 2)) + 0.2 * _sigmoid((1.0 - rho) / 0.1)
+
+
+def _soft_fill(rho: np.ndarray) -> np.ndarray:
+    """Filled ellipse with a soft edge."""
+    return _sigmoid((1.0 - rho) / 0.15)
 
 
 def _draw_body(
@@ -165,22 +182,24 @@ def _draw_body(
     return inside, (rows, cols)
 
 
-def _draw_processes(bone: np.ndarray, centre: tuple[float, float], a0: float, b: float, an: Anatomy) -> None:
+def _draw_processes(
+    bone: np.ndarray, centre: tuple[float, float], a0: float, b: float, an: Anatomy
+) -> None:
     """Pedicles (bright rings), transverse and spinous processes of one vertebra."""
     cx, cy = centre
-    cd, td = an.cort_density, an.trab_density
     for side in (-1.0, 1.0):
         # Pedicles seen end-on: the "owl eyes" in the upper lateral body.
-        _add_blob(
-            bone, cx + side * 0.55 * a0, cy - 0.35 * b, 0.15 * a0, 0.2 * b,
-            lambda rho: 0.7 * cd * np.exp(-(((rho - 1.0) / 0.3) ** 2)) + 0.15 * cd * _sigmoid((1 - rho) / 0.1),
-        )
+        ped = (cx + side * 0.55 * a0, cy - 0.35 * b)
+        _add_blob(bone, ped, (0.15 * a0, 0.2 * b), 0.7 * an.cort_density, _ring)
         # Transverse processes: faint lateral wings attached to the body.
-        _add_blob(bone, cx + side * 1.2 * a0, cy - 0.3 * b, 0.45 * a0, 0.1 * b, lambda rho: 0.3 * td * _sigmoid((1 - rho) / 0.15))
-    _add_blob(bone, cx, cy + 0.1 * b, 0.07 * a0, 0.45 * b, lambda rho: 0.3 * cd * _sigmoid((1 - rho) / 0.15))
+        tp = (cx + side * 1.2 * a0, cy - 0.3 * b)
+        _add_blob(bone, tp, (0.45 * a0, 0.1 * b), 0.3 * an.trab_density, _soft_fill)
+    _add_blob(bone, (cx, cy + 0.1 * b), (0.07 * a0, 0.45 * b), 0.3 * an.cort_density, _soft_fill)
 
 
-def _bone_layer(an: Anatomy, scale: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+def _bone_layer(
+    an: Anatomy, scale: float
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Bone density and L1-L4 mask in the straight frame; returns them and the spine centre."""
     h, w = image_shape(an, scale)
     p = an.pitch_frac * h
@@ -230,7 +249,9 @@ def _add_iliac_crests(bone: np.ndarray, an: Anatomy, cx: float, cy: float, p: fl
         bone[y0:, :] += (0.5 * an.cort_density * crest + an.trab_density * wing).astype(np.float32)
 
 
-def _warp_matrix(an: Anatomy, acq: Acquisition, scale: float, centre: tuple[float, float]) -> np.ndarray:
+def _warp_matrix(
+    an: Anatomy, acq: Acquisition, scale: float, centre: tuple[float, float]
+) -> np.ndarray:
     """Affine map from the straight bone canvas to the image (tilt about the spine centre)."""
     h, w = image_shape(an, scale)
     p = an.pitch_frac * h
@@ -241,7 +262,9 @@ def _warp_matrix(an: Anatomy, acq: Acquisition, scale: float, centre: tuple[floa
     return m
 
 
-def _soft_tissue(an: Anatomy, acq: Acquisition, scale: float, rng: np.random.Generator) -> np.ndarray:
+def _soft_tissue(
+    an: Anatomy, acq: Acquisition, scale: float, rng: np.random.Generator
+) -> np.ndarray:
     """Body silhouette (elliptic thickness profile) with low-frequency tissue/gas variation."""
     h, w = image_shape(an, scale)
     f = 4  # tissue is smooth: compute on a coarse grid and interpolate
@@ -254,12 +277,15 @@ def _soft_tissue(an: Anatomy, acq: Acquisition, scale: float, rng: np.random.Gen
     xr = (x - xs) + (y - ys) * slope
     prof = np.sqrt(np.clip(1.0 - (xr / (an.silhouette_half_width * w / f)) ** 2, 0.0, 1.0))
     # Bowel gas and fat make the tissue patchy at a scale of a few centimetres.
-    lf = cv2.resize(rng.standard_normal((10, 5), dtype=np.float32), (ws, hs), interpolation=cv2.INTER_CUBIC)
+    lf = rng.standard_normal((10, 5), dtype=np.float32)
+    lf = cv2.resize(lf, (ws, hs), interpolation=cv2.INTER_CUBIC)
     small = (an.tissue * prof * (1.0 + 0.08 * lf)).astype(np.float32)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _acquire(signal: np.ndarray, an: Anatomy, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+def _acquire(
+    signal: np.ndarray, an: Anatomy, acq: Acquisition, rng: np.random.Generator
+) -> np.ndarray:
     """Exposure, noise, scan lines and quantisation to the scan's bit depth (reuses `signal`)."""
     h, w = signal.shape
     p = an.pitch_frac * h
@@ -283,7 +309,9 @@ def _acquire(signal: np.ndarray, an: Anatomy, acq: Acquisition, rng: np.random.G
     return np.rint(img, out=img).astype(dtype)
 
 
-def _warped_box(mask: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def _warped_box(
+    mask: np.ndarray, m: np.ndarray, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Image-space box of the mask (> 0.5) after the affine `m`, x1/y1 exclusive.
 
     Only the first/last pixel of each row and column is transformed: the extreme points
@@ -309,8 +337,10 @@ def _warped_box(mask: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> tupl
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def render_scan(an: Anatomy, acq: Acquisition, scale: float = 1.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Render one scan: the quantised image and the L1-L4 box (x0, y0, x1, y1), x1/y1 exclusive."""
+def render_scan(
+    an: Anatomy, acq: Acquisition, scale: float = 1.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Render one scan: the quantised image and its L1-L4 box (x0, y0, x1, y1), x1/y1 exclusive."""
     h, w = image_shape(an, scale)
     rng = np.random.default_rng(acq.noise_seed)
     bone, mask, centre = _bone_layer(an, scale)

@@ -26,7 +26,8 @@ ROI_COLUMNS: tuple[str, ...] = ("file", "x0", "y0", "x1", "y1")
 
 def _png_params() -> list[int]:
     """Fast PNG settings: scans are noisy, so string matching and filter search gain little."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11: one fixed filter, 2x faster
         params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
     return params
@@ -44,11 +45,43 @@ class ScanJob:
     acquisition: Acquisition
 
 
+_SCAN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"})
+
+
 def existing_scans(out_dir: Path) -> list[Path]:
-    """Cohort files already in `out_dir` (class-folder PNGs and the two tables)."""
-    found = [p for label in LABELS for p in sorted((out_dir / label).glob("*.png"))]
+    """Scan-like files and cohort tables already anywhere under `out_dir`."""
+    if not out_dir.is_dir():
+        return []
+    found = [p for p in out_dir.rglob("*") if p.is_file() and p.suffix.lower() in _SCAN_SUFFIXES]
     found += [p for p in (out_dir / "clinical.csv", out_dir / "roi.csv") if p.exists()]
-    return found
+    return sorted(found)
+
+
+def _own_files(out_dir: Path) -> set[Path]:
+    """Files a previous run of this generator may have written (class-folder PNGs, tables)."""
+    own = {p for label in LABELS for p in (out_dir / label).glob("*.png")}
+    return own | {out_dir / "clinical.csv", out_dir / "roi.csv"}
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty folder unless overwriting; then remove only our own files."""
+    found = existing_scans(out_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds {len(found)} scans or cohort tables; "
+            "pass overwrite=True (CLI: --overwrite) to replace them"
+        )
+    foreign = [p for p in found if p not in _own_files(out_dir)]
+    if foreign:
+        # Never delete scans this generator did not write, and never mix cohorts with them.
+        raise FileExistsError(
+            f"{out_dir} holds scans this generator did not write (e.g. {foreign[0]}); "
+            "remove them or choose another folder"
+        )
+    for path in found:
+        path.unlink()
 
 
 def plan_cohort(
@@ -95,18 +128,12 @@ def _run_jobs(
     args = [(job, str(out_dir), scale) for job in jobs]
     if workers <= 1 or len(jobs) < 8:
         return [_render_and_write(a) for a in args]
-    # fork where available: spawn would re-import the caller's __main__, which breaks
-    # unguarded scripts; the workers only run numpy/OpenCV code on their own data.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    # spawn, not fork: a forked child inherits OpenCV's thread-pool state from a parent that
+    # already used OpenCV (pytest, Kedro, notebooks) and can deadlock. Like any spawn pool,
+    # a calling script needs the `if __name__ == "__main__":` guard.
+    ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         return list(pool.map(_render_and_write, args, chunksize=4))
-
-
-def _clear(out_dir: Path) -> None:
-    """Remove a previous cohort's files (only what this generator writes)."""
-    for path in existing_scans(out_dir):
-        path.unlink()
 
 
 def generate_cohort(
@@ -123,29 +150,25 @@ def generate_cohort(
     """Write a synthetic spine DXA cohort to `out_dir` and return its clinical table.
 
     Counts are numbers of scans per class; about `repeat_patient_fraction` of the patients
-    get a second scan (same anatomy and label, new exposure, noise and position).
-    Raises FileExistsError if `out_dir` already holds a cohort and `overwrite` is False.
+    get a second scan (same anatomy and label, new exposure, noise and position). `scale`
+    shrinks every image (and its anatomy) for fast tests. With `workers` > 1 the scans are
+    rendered in spawned processes, so a calling script needs the usual __main__ guard.
+    Raises FileExistsError if `out_dir` already holds scans and `overwrite` is False, or
+    holds scans that a previous run of this generator did not write.
     """
     if scale <= 0:
         raise ValueError("scale must be positive")
     if min(n_normal, n_osteoporosis, n_osteopenia) < 0:
         raise ValueError("class counts must be >= 0")
-    out = Path(out_dir)
-    if existing_scans(out):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds scans or cohort tables; pass overwrite=True (--overwrite) to replace them"
-            )
-        _clear(out)
     counts = {"normal": n_normal, "osteopenia": n_osteopenia, "osteoporosis": n_osteoporosis}
     clinical, jobs = plan_cohort(seed, counts, repeat_patient_fraction)
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
     for label in clinical["label"].unique():
         (out / label).mkdir(parents=True, exist_ok=True)
     boxes = dict(_run_jobs(jobs, out, scale, workers))
     clinical = clinical.sort_values("file", kind="stable").reset_index(drop=True)
-    roi = pd.DataFrame(
-        [(f, *boxes[f]) for f in clinical["file"]], columns=list(ROI_COLUMNS)
-    )
+    roi = pd.DataFrame([(f, *boxes[f]) for f in clinical["file"]], columns=list(ROI_COLUMNS))
     clinical.to_csv(out / "clinical.csv", index=False)
     roi.to_csv(out / "roi.csv", index=False)
     return clinical

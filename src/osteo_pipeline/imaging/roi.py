@@ -91,7 +91,7 @@ def _vertical_kernel(length: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(1, length)))
 
 
-def _best_column(bone: np.ndarray) -> _Column | None:
+def _best_column(norm: np.ndarray, bone: np.ndarray, min_contrast: float = 0.12) -> _Column | None:
     """Closest thing to a spine column among the connected components of a bone mask."""
     h, w = bone.shape
     opened = cv2.morphologyEx(bone.astype(np.uint8), cv2.MORPH_OPEN, _vertical_kernel(round(0.04 * h)))
@@ -107,10 +107,22 @@ def _best_column(bone: np.ndarray) -> _Column | None:
             continue
         if fill < 0.35 or off_centre > 0.3:
             continue
+        comp = labels == k
+        if _flank_contrast(norm, comp, bw) < min_contrast:
+            continue  # texture or noise that happens to line up, not bone on soft tissue
         score = area * fill * (1.0 - off_centre)
         if best is None or score > best.score:
-            best = _Column(labels == k, opened.astype(bool), score)
+            best = _Column(comp, opened.astype(bool), score)
     return best
+
+
+def _flank_contrast(norm: np.ndarray, comp: np.ndarray, width: int) -> float:
+    """Mean intensity inside a component minus that of the strips beside it."""
+    grown = cv2.dilate(comp.astype(np.uint8), np.ones((1, max(3, width) | 1), np.uint8)).astype(bool)
+    flank = grown & ~comp
+    if not flank.any():
+        return 0.0
+    return float(norm[comp].mean() - norm[flank].mean())
 
 
 def _axis_angle(mask: np.ndarray) -> float:
@@ -130,14 +142,12 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
 
 
-def _body_rows(
-    bone: np.ndarray, column: np.ndarray, outside: np.ndarray
-) -> tuple[int, int] | None:
-    """Row range of the complete vertebral bodies in a straightened column."""
+def _body_runs(bone: np.ndarray, column: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) rows of the vertebral bodies (between disc gaps) of a vertical column."""
     h = bone.shape[0]
     cols = np.flatnonzero(column.any(axis=0))
     if cols.size == 0:
-        return None
+        return []
     # Central half of the column: pedicles and processes do not blur the disc gaps there.
     c0, c1 = cols[0], cols[-1] + 1
     q = (c1 - c0) // 4
@@ -147,49 +157,54 @@ def _body_rows(
     # Narrow discs (lower lumbar, blur) may not fall below half fill: also split the
     # column at clear local minima of the fill profile.
     d = max(2, round(0.05 * h))
-    local_min = fill <= cv2.erode(fill.astype(np.float32)[:, None], np.ones((2 * d + 1, 1), np.uint8)).ravel()
+    window_min = cv2.erode(fill.astype(np.float32)[:, None], np.ones((2 * d + 1, 1), np.uint8)).ravel()
     level = float(np.median(fill[fill > 0])) if (fill > 0).any() else 0.0
-    split = local_min & (fill < 0.75 * level)
-    runs = [(a, b) for a, b in _runs((fill >= 0.5) & ~split) if b - a >= 0.04 * h]
-    if not runs:
-        return None
+    split = (fill <= window_min) & (fill < 0.75 * level)
+    return [(a, b) for a, b in _runs((fill >= 0.5) & ~split) if b - a >= 0.04 * h]
+
+
+def _complete_bodies(
+    runs: list[tuple[int, int]], bone: np.ndarray, outside: np.ndarray
+) -> list[tuple[int, int]]:
+    """Drop bodies cut by the image border (partial T12 / L5); keep at most four."""
     edge = outside.copy()
     edge[[0, -1], :] = True  # the working image's own top and bottom rows are borders too
     near_edge = cv2.dilate(edge.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    touches = [bool((near_edge[a:b] & bone[a:b] & column[a:b]).any()) for a, b in runs]
-    kept = [r for r, t in zip(runs, touches) if not t] or runs
+    kept = [(a, b) for a, b in runs if not (near_edge[a:b] & bone[a:b]).any()] or runs
     if len(kept) > 4:
         # Keep the four consecutive bodies with the largest total height.
         sizes = [sum(b - a for a, b in kept[i : i + 4]) for i in range(len(kept) - 3)]
         i = int(np.argmax(sizes))
         kept = kept[i : i + 4]
-    return kept[0][0], kept[-1][1]
+    return kept
 
 
-def _column_box(norm: np.ndarray, col: _Column) -> tuple[float, float, float, float] | None:
+def _straighten(mask: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Boolean mask warped by `rot` (nearest neighbour, zero outside)."""
+    h, w = mask.shape
+    out = cv2.warpAffine(mask.astype(np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    return out.astype(bool)
+
+
+def _column_box(col: _Column) -> tuple[float, float, float, float] | None:
     """Box (x0, y0, x1, y1) of the L1-L4 bodies in working-image pixels."""
-    h, w = norm.shape
     tilt = _axis_angle(col.label_mask)
     ys, xs = np.nonzero(col.label_mask)
-    centre = (float(xs.mean()), float(ys.mean()))
-    rot = cv2.getRotationMatrix2D(centre, -tilt, 1.0)  # makes the column vertical
-
-    def straighten(m: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(m.astype(np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0).astype(bool)
-
-    column = straighten(col.label_mask)
-    bone = straighten(col.bone)
-    outside = ~cv2.warpAffine(np.ones((h, w), np.uint8), rot, (w, h), flags=cv2.INTER_NEAREST, borderValue=0).astype(bool)
-    rows = _body_rows(bone, column, outside)
-    if rows is None:
+    rot = cv2.getRotationMatrix2D((float(xs.mean()), float(ys.mean())), -tilt, 1.0)  # column upright
+    column = _straighten(col.label_mask, rot)
+    bone = _straighten(col.bone, rot) & column
+    outside = ~_straighten(np.ones_like(col.bone), rot)
+    bodies = _complete_bodies(_body_runs(bone, column), bone, outside)
+    if not bodies:
         return None
     sel = np.zeros_like(bone)
-    sel[rows[0] : rows[1]] = bone[rows[0] : rows[1]] & column[rows[0] : rows[1]]
+    top, bottom = bodies[0][0], bodies[-1][1]
+    sel[top:bottom] = bone[top:bottom]
     py, px = np.nonzero(sel)
     if px.size == 0:
         return None
-    back = cv2.invertAffineTransform(rot)
-    pts = back @ np.stack([px, py, np.ones_like(px)]).astype(np.float64)
+    # Map the selected pixels back to the input orientation and box them there.
+    pts = cv2.invertAffineTransform(rot) @ np.stack([px, py, np.ones_like(px)]).astype(np.float64)
     return float(pts[0].min()), float(pts[1].min()), float(pts[0].max() + 1), float(pts[1].max() + 1)
 
 
@@ -207,22 +222,25 @@ def detect_spine_roi(
     if h < 16 or w < 16 or not np.isfinite(img).all():
         return None
     f = min(1.0, work_height / h)
-    small = cv2.resize(img, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)  # averaging also tames noise
     norm = _normalise(small)
     if norm is None:
         return None
     norm = cv2.GaussianBlur(norm, (0, 0), sigmaX=max(0.8, 0.006 * norm.shape[0]))
     for t in _thresholds(norm):
-        col = _best_column(norm > t)
+        col = _best_column(norm, norm > t)
         if col is None:
             continue
-        box = _column_box(norm, col)
+        box = _column_box(col)
         if box is not None:
             return _to_input_box(box, margin, (small.shape[1] / w, small.shape[0] / h), (h, w))
     return None
 
 
-def _to_input_box(box: tuple[float, float, float, float], margin: float, f: tuple[float, float], shape: tuple[int, int]) -> Box:
+def _to_input_box(
+    box: tuple[float, float, float, float], margin: float, f: tuple[float, float], shape: tuple[int, int]
+) -> Box:
     """Scale a working-image box back to input pixels, add the margin and clip."""
     fx, fy = f
     x0, y0, x1, y1 = box[0] / fx, box[1] / fy, box[2] / fx, box[3] / fy

@@ -99,12 +99,26 @@ class EpochProgress(keras.callbacks.Callback):
         )
 
 
+def compile_model(
+    builder: ModelBuilder, input_shape: tuple[int, ...], num_classes: int, learning_rate: float, optimizer: str = "adam"
+) -> keras.Model:
+    """Build and compile for training: softmax + categorical cross-entropy, accuracy and AUC per epoch."""
+    model = builder(input_shape=input_shape, num_classes=num_classes)
+    model.compile(
+        optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}}),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
 def _class_weight(training_set: TrainingSet, indices: np.ndarray, class_weights: dict[str, Any] | None) -> dict[int, float]:
     """Class weights by index: the given ``{scheme: {class: w}}`` entry, else balanced on ``indices``."""
     scheme = training_set.counts.get("label_scheme")
     given = (class_weights or {}).get(scheme)
     if given:
-        return {i: float(given[c]) for i, c in enumerate(training_set.class_names)}
+        # a class the cohort lacks (no osteopenia scans) has no weight and no samples: 1.0
+        return {i: float(given.get(c, 1.0)) for i, c in enumerate(training_set.class_names)}
     classes = np.arange(len(training_set.class_names))
     present = np.unique(training_set.labels[indices])
     weights = compute_class_weight("balanced", classes=present, y=training_set.labels[indices])
@@ -155,12 +169,7 @@ def fit_model(
     train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
     val_ds = streams.evaluate(val_idx)
     with strategy.scope():
-        model = builder(input_shape=tuple(ts.images.shape[1:]), num_classes=streams.num_classes)
-        model.compile(
-            optimizer=keras.optimizers.get({"class_name": config.optimizer, "config": {"learning_rate": learning_rate}}),
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=["accuracy", keras.metrics.AUC(name="auc")],
-        )
+        model = compile_model(builder, tuple(ts.images.shape[1:]), streams.num_classes, learning_rate, config.optimizer)
     params = {
         **config.as_params(),
         "learning_rate": learning_rate,
@@ -207,8 +216,8 @@ def fit_model(
         tracking.log_training_curves(history, run_name)
         if on_trained is not None:
             on_trained(model)
-    logger.info("[%s] done: %d epochs (best %d) in %.0f s; %s", run_name, epochs_run, best_epoch, seconds,
-                ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    logger.info("[%s] done: %d epochs (best %d) in %.0f s, RSS %.0f MB; %s", run_name, epochs_run, best_epoch,
+                seconds, runtime.resident_memory_mb(), ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return FitResult(model, history, metrics, best_epoch, epochs_run, seconds, run_id)
 
 

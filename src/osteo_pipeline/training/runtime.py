@@ -94,3 +94,12 @@ def device_name() -> str:
     except OSError:
         pass
     return f"CPU {model} x{os.cpu_count()}"
+
+
+def resident_memory_mb() -> float:
+    """This process's current resident memory (MB), to show it stays flat across folds."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

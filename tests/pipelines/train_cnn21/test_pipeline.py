@@ -84,12 +84,13 @@ def test_final_model_is_registered_with_a_signature(store, trained_cnn21_project
 
 
 def test_saved_model_reloads_and_predicts(trained_cnn21_project):
+    from kedro.io import Version
     from kedro_datasets.tensorflow import TensorFlowModelDataset
 
     root = trained_cnn21_project["root"]
     saved = _versions(root, "data/06_models/cnn21.keras")
     assert len(saved) == 2
-    model = TensorFlowModelDataset(filepath=str(saved[-1].parent.parent)).load()
+    model = TensorFlowModelDataset(filepath=str(saved[-1].parent.parent), version=Version(None, None)).load()
     images = trained_cnn21_project["model_input"]["images"][:5].astype(np.float32) / 255.0
     probs = model.predict(images, verbose=0)
     assert probs.shape == (5, 2)
