@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 from osteo_pipeline.models.cnn21 import build_cnn21
-from osteo_pipeline.training import TrainingConfig, select_training_set, summarise_cv
+from osteo_pipeline.training import TrainingConfig, cross_validate, select_training_set, summarise_cv
 from osteo_pipeline.training.data import InputStreams
 from osteo_pipeline.training.loop import final_split, fit_model
 
@@ -58,3 +59,15 @@ def test_config_rejects_unknown_parameters():
     with pytest.raises(ValueError, match="max_epoch"):
         TrainingConfig.from_params({"max_epoch": 3}, model_name="x")
     assert TrainingConfig.from_params({"learning_rates": ["1e-3", 3e-4]}, model_name="x").learning_rates == (1e-3, 3e-4)
+
+
+def test_three_class_cross_validation_through_the_same_code(inputs, policy):
+    ts = select_training_set(*inputs, "three_class")
+    config = TrainingConfig.from_params(
+        {"max_epochs": 1, "batch_size": 8, "track": False, "precision": "auto"}, model_name="cnn21"
+    )
+    folds = cross_validate(partial(build_cnn21), ts, config=config, augmentation_policy=policy)
+    assert list(folds.fold) == [0, 1] and (folds.epochs_run == 1).all()
+    assert folds[["accuracy", "f1", "auc", "loss"]].notna().all().all()
+    assert summarise_cv(folds)["best_learning_rate"] == 1e-3
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks out of the loop

@@ -129,12 +129,8 @@ def _class_weight(training_set: TrainingSet, indices: np.ndarray, class_weights:
 def _export_float32(builder: ModelBuilder, model: keras.Model) -> keras.Model:
     """Copy trained weights into a float32, strategy-free twin: the saved model then runs
     anywhere (bf16/fp16 inference is slow or missing on many CPUs); variables are float32 anyway."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with runtime.precision_policy("float32"):
         twin = builder(input_shape=tuple(model.input_shape[1:]), num_classes=model.output_shape[-1])
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     twin.set_weights(model.get_weights())
     return twin
 
@@ -160,7 +156,6 @@ def fit_model(
     (used to log the final model into the same run).
     """
     ts = streams.training_set
-    precision = runtime.apply_precision(config.precision)
     runtime.seed_everything(config.seed, config.deterministic)
     strategy = runtime.get_strategy(config.strategy)
     class_weight = _class_weight(ts, train_idx, class_weights)
@@ -168,7 +163,7 @@ def fit_model(
     # the host, and a mirrored RNG variable cannot be updated inside tf.data.
     train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
     val_ds = streams.evaluate(val_idx)
-    with strategy.scope():
+    with runtime.precision_policy(config.precision) as precision, strategy.scope():
         model = compile_model(builder, tuple(ts.images.shape[1:]), streams.num_classes, learning_rate, config.optimizer)
     params = {
         **config.as_params(),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -46,11 +48,20 @@ def resolve_precision(precision: str) -> str:
     return "bfloat16" if cpu_supports_bf16() else "float32"
 
 
-def apply_precision(precision: str) -> str:
-    """Set the global Keras dtype policy for models built from now on; return the resolved name."""
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[str]:
+    """Build models inside under the dtype policy of ``precision`` (yields the resolved name).
+
+    The previous global policy comes back on exit: built layers keep theirs, and nothing else
+    in the process (another model family, a test) inherits mixed precision by accident.
+    """
+    previous = keras.mixed_precision.global_policy()
     resolved = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(_KERAS_POLICIES[resolved])
-    return resolved
+    try:
+        yield resolved
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @functools.cache
