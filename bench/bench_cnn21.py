@@ -146,9 +146,9 @@ def _seconds_per_epoch(log: str) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def protocol(project: Path, precision: str, max_epochs: int | None) -> dict[str, object]:
+def protocol(project: Path, precision: str, max_epochs: int | None, extra_params: list[str]) -> dict[str, object]:
     """Wall time of `kedro run --pipelines=train_cnn21` and its CV summary, for one precision."""
-    params = [f"train_cnn21.training.precision={precision}"]
+    params = [f"train_cnn21.training.precision={precision}", *extra_params]
     if max_epochs:
         params.append(f"train_cnn21.training.max_epochs={max_epochs}")
     cmd = [str(Path(sys.executable).parent / "kedro"), "run", "--pipelines=train_cnn21", f"--params={','.join(params)}"]
@@ -168,6 +168,8 @@ def protocol(project: Path, precision: str, max_epochs: int | None) -> dict[str,
     return {
         "precision": precision,
         "max_epochs": max_epochs or "conf (50)",
+        "extra_params": extra_params,
+        "learning_rate": summary["best_learning_rate"],
         "wall_seconds": round(wall, 1),
         "cv_val_auc_mean": chosen["val_auc_mean"],
         "cv_val_auc_sd": chosen["val_auc_sd"],
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="training steps (of 16 images) per timed round")
     parser.add_argument("--rounds", type=int, default=8, help="pipeline / in-memory round pairs")
     parser.add_argument("--protocol-epochs", type=int, default=None, help="cap max_epochs of the protocol runs")
+    parser.add_argument("--protocol-params", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more kedro --params for the protocol runs, e.g. train_cnn21.training.learning_rates=[0.0001]")
     parser.add_argument("--skip-protocol", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -219,7 +223,7 @@ def main() -> None:
     if project is not None and not args.skip_protocol:
         results["protocol"] = []
         for precision in args.precisions:
-            run = protocol(project, precision, args.protocol_epochs)
+            run = protocol(project, precision, args.protocol_epochs, args.protocol_params)
             results["protocol"].append(run)
             print(json.dumps({"protocol": run}), flush=True)
     print(json.dumps(results, indent=2))

@@ -12,7 +12,7 @@ import pytest
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.training import TrainingConfig, cross_validate, select_training_set, summarise_cv
 from osteo_pipeline.training.data import InputStreams
-from osteo_pipeline.training.loop import final_split, fit_model
+from osteo_pipeline.training.loop import compile_model, final_split, fit_model
 
 
 def test_training_lowers_the_loss(inputs):
@@ -61,7 +61,11 @@ def test_config_rejects_unknown_parameters():
     assert TrainingConfig.from_params({"learning_rates": ["1e-3", 3e-4]}, model_name="x").learning_rates == (1e-3, 3e-4)
 
 
-def test_three_class_cross_validation_through_the_same_code(inputs, policy):
+def test_three_class_cross_validation_through_the_same_code(inputs, policy, monkeypatch):
+    import osteo_pipeline.training.loop as loop
+
+    builds = []
+    monkeypatch.setattr(loop, "compile_model", lambda *a, **k: builds.append(a) or compile_model(*a, **k))
     ts = select_training_set(*inputs, "three_class")
     config = TrainingConfig.from_params(
         {"max_epochs": 1, "batch_size": 8, "track": False, "precision": "auto"}, model_name="cnn21"
@@ -71,3 +75,4 @@ def test_three_class_cross_validation_through_the_same_code(inputs, policy):
     assert folds[["accuracy", "f1", "auc", "loss"]].notna().all().all()
     assert summarise_cv(folds)["best_learning_rate"] == 1e-3
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks out of the loop
+    assert len(builds) == 1  # one model, reset per fold: memory stays flat across folds
