@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from osteo_pipeline.imaging.augment import build_augmenter
+from osteo_pipeline.leakage import LeakageError
 
 CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
     "binary": ("normal", "osteoporosis"),
@@ -25,8 +26,8 @@ CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
 VAL_PARTITION_FOLD = -1
 
 
-class DataLeakageError(RuntimeError):
-    """A test-partition scan reached a training or validation stream."""
+# One leakage exception for the project: split_augment and training raise the same kind.
+DataLeakageError = LeakageError
 
 
 @dataclass(frozen=True)
