@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,10 @@ def make_project(root: Path) -> Path:
 
 
 def run_kedro(
-    project: Path, pipelines: list[str], params: dict[str, Any] | None = None, env: str = "test"
+    project: Path, pipelines: list[str], params: dict[str, Any] | None = None, env: str = "test",
+    namespaces: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run registered pipelines in-process, as `kedro run --env test --pipelines ...` would."""
+    """Run registered pipelines in-process, as `kedro run --env test --pipelines ... [--namespaces ...]` would."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -51,7 +54,7 @@ def run_kedro(
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"  # each test project its own store
     try:
         with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
-            return session.run(pipeline_names=pipelines)
+            return session.run(pipeline_names=pipelines, namespaces=namespaces)
     finally:
         # `kedro run` is one session per process; several in one process (as here) must not
         # share kedro-mlflow's still-active parent run.
@@ -62,3 +65,20 @@ def run_kedro(
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+@contextmanager
+def project_catalog(project: Path, env: str = "test") -> Iterator[Any]:
+    """The project's data catalog, with relative paths resolved against ``project`` (to write a
+    stage's outputs directly, e.g. an upstream model a test need not train)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        with KedroSession.create(project_path=project, env=env) as session:
+            yield session.load_context().catalog
+    finally:
+        os.chdir(cwd)

@@ -3,6 +3,11 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from osteo_pipeline.hooks import CheckInputsHook
+
+# A run whose inputs have not been made yet stops at once, naming the pipelines to run first.
+HOOKS = (CheckInputsHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

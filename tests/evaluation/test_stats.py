@@ -12,11 +12,14 @@ from sklearn.metrics import roc_auc_score
 from osteo_pipeline.evaluation import (
     bootstrap_auc_difference,
     bootstrap_ci,
+    bootstrap_cis,
     classification_metrics,
     delong_covariance,
     delong_test,
     holm,
+    label_indices,
     mcnemar_exact,
+    metric_functions,
     midrank_auc,
     paired_ttest,
 )
@@ -233,3 +236,51 @@ def test_holm_hand_example() -> None:
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
     adjusted = holm({"x": 0.5, "y": 0.6, "z": float("nan")})
     assert adjusted["x"] == 1.0 and adjusted["y"] == 1.0 and math.isnan(adjusted["z"])
+
+
+# ---------------------------------------------------------------- fast metrics and joint bootstrap
+
+
+@pytest.mark.parametrize("classes", [BINARY, THREE])
+def test_fast_metric_functions_equal_classification_metrics(classes) -> None:
+    rng = np.random.default_rng(11)
+    k = len(classes)
+    y = rng.integers(0, k, 60)
+    proba = np.round(rng.dirichlet(np.ones(k), 60) + 0.6 * np.eye(k)[y], 1)  # rounded: ties in the scores
+    proba /= proba.sum(axis=1, keepdims=True)
+    reference = classification_metrics(np.asarray(classes)[y], proba, classes)
+    fast = {name: fn(y, proba) for name, fn in metric_functions(k).items()}
+    assert set(fast) == {"accuracy", "precision", "recall", "specificity", "f1", "auc"}
+    for name, value in fast.items():
+        assert value == pytest.approx(reference[name]), name
+    # a class never predicted: precision 0 (sklearn's zero_division=0), not NaN
+    always_first = np.eye(k)[np.zeros(60, int)] * 0.9 + 0.1 / k
+    assert metric_functions(k)["precision"](y, always_first) == pytest.approx(
+        classification_metrics(np.asarray(classes)[y], always_first, classes)["precision"])
+
+
+def test_label_indices_follow_the_class_order() -> None:
+    assert label_indices(["osteoporosis", "normal"], BINARY).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="osteopenia"):
+        label_indices(["osteopenia"], BINARY)
+
+
+def test_bootstrap_cis_use_the_same_resamples_as_bootstrap_ci() -> None:
+    y, score, groups = _binary_patients(40, 2, 9)
+    proba = np.column_stack([1 - 1 / (1 + np.exp(-score)), 1 / (1 + np.exp(-score))])
+    fns = metric_functions(2)
+    joint = bootstrap_cis(y, proba, groups, fns, n_boot=300, seed=5)
+    for name, fn in fns.items():
+        single = bootstrap_ci(y, proba, groups, fn, n_boot=300, seed=5)
+        assert (joint[name].point, joint[name].lo, joint[name].hi) == pytest.approx((single.point, single.lo, single.hi))
+        assert joint[name].lo <= joint[name].point <= joint[name].hi  # the CI covers the point estimate
+        assert joint[name].n_patients == 40 and joint[name].n == 80
+
+
+def test_macro_auc_difference_skips_a_class_absent_from_the_test_set() -> None:
+    y, good, noise, groups = _three_class_data(40, 8)
+    keep = y != "osteopenia"  # e.g. the embedded cohort, which has no osteopenia scans
+    res = bootstrap_auc_difference(y[keep], good[keep], noise[keep], groups[keep], n_boot=100, seed=0, classes=THREE)
+    expected = np.mean([roc_auc_score(y[keep] == c, good[keep][:, k]) for k, c in enumerate(THREE) if c != "osteopenia"])
+    assert res.auc_a == pytest.approx(expected) and np.isfinite(res.p_value)
+    assert res.auc_a == pytest.approx(classification_metrics(y[keep], good[keep], THREE)["auc"])

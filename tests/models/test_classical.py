@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
-from sklearn.preprocessing import StandardScaler
 
 from osteo_pipeline.models.classical import (
-    FOLD_COLUMNS,
-    cross_validate_classical,
+    cross_validate_setting,
     handcrafted_features,
     make_classifier,
+    make_image_classifier,
+    setting_label,
 )
 
 GRIDS = {
@@ -39,13 +39,15 @@ def _texture_images(
     return np.repeat(gray[..., None], 3, axis=-1), np.asarray(labels)
 
 
+BINARY = ("normal", "osteoporosis")
+
+
 @pytest.fixture(scope="module")
 def binary_texture() -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Smooth (label 'normal') vs noisy ('osteoporosis') images, in 3 interleaved folds."""
+    """Smooth (class 0, normal) vs noisy (class 1, osteoporosis) images, in 3 interleaved folds."""
     images, y = _texture_images(15, (3.0, 0.0), seed=0)
-    labels = np.asarray(["normal", "osteoporosis"])[y]
     folds = np.arange(len(y)) % 3
-    return handcrafted_features(images), labels, folds
+    return handcrafted_features(images), y, folds
 
 
 def test_features_named_finite_and_deterministic() -> None:
@@ -74,46 +76,49 @@ def test_features_refuse_non_uint8_input() -> None:
 
 @pytest.mark.parametrize("kind", ["svm", "random_forest"])
 def test_both_classifiers_separate_textures(kind: str, binary_texture) -> None:
-    feats, labels, folds = binary_texture
-    best, table, final = cross_validate_classical(feats, labels, folds, kind, GRIDS[kind], seed=0)
-    assert set(best) == set(GRIDS[kind])
-    assert list(table.columns) == list(FOLD_COLUMNS)
-    assert table["fold"].tolist() == [0, 1, 2]
-    assert (table["val_auc"] > 0.9).all()
-    assert table.notna().all().all()
-    # the final pipeline is refitted on every training scan
-    assert final.named_steps["scale"].n_samples_seen_ == len(labels)
-    assert final.named_steps["scale"].mean_ == pytest.approx(feats.mean().to_numpy())
+    feats, y, folds = binary_texture
+    params = {"C": 1.0} if kind == "svm" else {"n_estimators": 50}
+    fits = cross_validate_setting(feats, y, folds, kind, params, BINARY, seed=0)
+    assert [f.fold for f in fits] == [0, 1, 2]
+    for fit in fits:
+        assert set(fit.metrics) == {"accuracy", "precision", "recall", "specificity", "f1", "auc", "loss"}
+        assert fit.metrics["auc"] > 0.9 and fit.metrics["loss"] > 0 and fit.seconds > 0
+        np.testing.assert_array_equal(np.sort(fit.val_idx), np.flatnonzero(folds == fit.fold))
 
 
 def test_three_classes_use_ovr_auc() -> None:
     images, y = _texture_images(10, (3.0, 1.0, 0.0), seed=2)
-    labels = np.asarray(["normal", "osteopenia", "osteoporosis"])[y]
     folds = np.arange(len(y)) % 3
-    _, table, final = cross_validate_classical(
-        handcrafted_features(images), labels, folds, "random_forest", GRIDS["random_forest"], seed=0
-    )
-    assert list(final.classes_) == ["normal", "osteopenia", "osteoporosis"]
-    assert table["val_auc"].mean() > 0.8
+    fits = cross_validate_setting(handcrafted_features(images), y, folds, "random_forest", {"n_estimators": 50},
+                                  ("normal", "osteopenia", "osteoporosis"), seed=0)
+    assert np.mean([f.metrics["auc"] for f in fits]) > 0.8
 
 
-def test_scaler_is_fitted_on_training_rows_only(binary_texture, monkeypatch) -> None:
-    feats, labels, folds = binary_texture
-    seen: list[np.ndarray] = []
-    original_fit = StandardScaler.fit
+def test_imputation_and_scaling_are_fitted_on_each_folds_training_rows(binary_texture) -> None:
+    feats, y, folds = binary_texture
+    feats = feats.copy()
+    feats.iloc[::4, 0] = np.nan  # gaps for the imputer
+    for fit in cross_validate_setting(feats, y, folds, "svm", {"C": 1.0}, BINARY, seed=0):
+        train = feats[folds != fit.fold]
+        imputer, scaler = fit.fitted.named_steps["impute"], fit.fitted.named_steps["scale"]
+        assert imputer.statistics_[0] == pytest.approx(np.nanmedian(train.iloc[:, 0]))
+        assert scaler.mean_ == pytest.approx(train.fillna(train.median()).mean().to_numpy())
+        assert scaler.n_samples_seen_ == len(train)
 
-    def spy(self, X, *args, **kwargs):  # record what every scaler in every fit is shown
-        seen.append(np.asarray(X).mean(axis=0))
-        return original_fit(self, X, *args, **kwargs)
 
-    monkeypatch.setattr(StandardScaler, "fit", spy)
-    cross_validate_classical(feats, labels, folds, "svm", {"C": [1.0]}, seed=0)
+def test_a_fold_without_every_class_is_refused(binary_texture) -> None:
+    feats, y, _ = binary_texture
+    folds = np.where(y == 1, 0, np.arange(len(y)) % 2 + 1)  # fold 0 holds every osteoporosis scan
+    with pytest.raises(ValueError, match="every class"):
+        cross_validate_setting(feats, y, folds, "random_forest", {"n_estimators": 10}, BINARY)
 
-    x = feats.to_numpy()
-    fold_means = [x[folds != k].mean(axis=0) for k in range(3)]
-    allowed = [*fold_means, x.mean(axis=0)]  # in-fold fits, plus the final fit on all training scans
-    assert seen and all(any(np.allclose(m, a) for a in allowed) for m in seen)
-    assert all(any(np.allclose(m, f) for m in seen) for f in fold_means)
+
+def test_image_classifier_computes_the_features_itself() -> None:
+    images, y = _texture_images(8, (3.0, 0.0), seed=3)
+    on_images = make_image_classifier("random_forest", {"n_estimators": 20}, seed=0).fit(images, y)
+    on_features = make_classifier("random_forest", {"n_estimators": 20}, seed=0).fit(handcrafted_features(images), y)
+    np.testing.assert_allclose(on_images.predict_proba(images[:5]), on_features.predict_proba(handcrafted_features(images[:5])))
+    assert setting_label({"gamma": "scale", "C": 10.0, "max_depth": None}) == "C=10, gamma=scale, max_depth=None"
 
 
 def test_make_classifier_kinds_and_params() -> None:

@@ -1,6 +1,24 @@
 """Datasets that kedro-datasets does not ship."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from .raw_bytes import RawBytesDataset
 from .raw_folder import RawFolderDataset
 
-__all__ = ["RawBytesDataset", "RawFolderDataset"]
+__all__ = ["MlflowEvaluationDataset", "RawBytesDataset", "RawFolderDataset", "TrainedModelsDataset"]
+
+# Imported on first use: they pull in TensorFlow / MLflow, which ingest never needs.
+_LAZY = {
+    "TrainedModelsDataset": ".trained_models",
+    "MlflowEvaluationDataset": ".mlflow_evaluation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

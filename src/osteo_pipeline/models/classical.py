@@ -1,26 +1,29 @@
 """SVM and Random-Forest baselines on handcrafted intensity and texture features (second paper).
 
 Features come from the 150-px model inputs (grayscale = channel 0). Hyper-parameters are chosen
-on the same patient-grouped CV folds as the CNN, and scaling is fitted inside each fold.
+on the same patient-grouped CV folds as the CNN, and imputation and scaling are fitted inside each
+fold. The features are per image and stateless, so they are computed once and shared by every fit;
+the saved model (``make_image_classifier``) recomputes them from images.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
-from sklearn.base import ClassifierMixin, clone
+from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.model_selection import PredefinedSplit, cross_validate
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
 from osteo_pipeline.evaluation.stats import METRIC_NAMES, classification_metrics
@@ -34,8 +37,15 @@ GLCM_DISTANCES = (1, 2, 4)
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 LBP_SETTINGS = ((8, 1.0), (16, 2.0))  # (points P, radius R)
-FOLD_COLUMNS = ("fold", *(f"val_{m}" for m in METRIC_NAMES))
 MODEL_STEP = "model"
+FEATURE_STEP = "features"
+# What skops (MLflow's sklearn format) must be told to trust to reload a fitted image classifier:
+# our feature function and scikit-learn internals. We write these files ourselves.
+SKOPS_TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
+    "svm": ("numpy.dtype", "osteo_pipeline.models.classical.handcrafted_features",
+            "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"),
+    "random_forest": ("numpy.dtype", "osteo_pipeline.models.classical.handcrafted_features", "sklearn.tree._tree.Tree"),
+}
 
 
 def _grayscale(images: np.ndarray) -> np.ndarray:
@@ -145,70 +155,77 @@ def make_classifier(kind: Kind, params: Mapping[str, Any] | None = None, seed: i
     )
 
 
-def _pipeline_grid(grid: Mapping[str, Sequence[Any]], kind: Kind) -> dict[str, list[Any]]:
-    """Classifier parameter names -> pipeline names (``C`` -> ``model__estimator__C``); ``step__x`` passes through."""
-    return {(k if "__" in k else f"{_param_prefix(kind)}{k}"): list(v) for k, v in grid.items()}
+def make_image_classifier(kind: Kind, params: Mapping[str, Any] | None = None, seed: int = 0) -> Pipeline:
+    """``make_classifier`` behind the (stateless) feature extractor: uint8 images in, class
+    probabilities out, so the saved model needs nothing else at prediction time."""
+    return Pipeline([(FEATURE_STEP, FunctionTransformer(handcrafted_features)), *make_classifier(kind, params, seed).steps])
 
 
-def _model_params(pipeline_params: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
-    """Inverse of :func:`_pipeline_grid` for the classifier's own parameters."""
-    prefix = _param_prefix(kind)
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in pipeline_params.items()}
+def setting_label(params: Mapping[str, Any]) -> str:
+    """A grid point as a short, stable label: ``{"C": 10, "gamma": "scale"} -> "C=10, gamma=scale"``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
-def _ordered_proba(fitted: Pipeline, x: pd.DataFrame, classes: Sequence[Any]) -> np.ndarray:
-    """Predicted probabilities with columns in ``classes`` order (sklearn sorts its ``classes_``)."""
-    proba = fitted.predict_proba(x)
-    order = [list(fitted.classes_).index(c) for c in classes]
-    return proba[:, order]
+def full_probabilities(fitted: Pipeline, x: pd.DataFrame | np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per class index 0..n_classes-1 (labels are class indices)."""
+    classes = [int(c) for c in fitted.classes_]
+    if classes != list(range(n_classes)):
+        raise ValueError(f"a fit saw classes {classes}, not all of 0..{n_classes - 1}: each fold needs every class")
+    return fitted.predict_proba(x)
 
 
-def cross_validate_classical(
+@dataclass
+class FoldFit:
+    """One grid point on one CV fold: validation metrics, fit time, the fitted pipeline."""
+
+    fold: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    metrics: dict[str, float]
+    seconds: float
+    fitted: Pipeline
+
+
+def cross_validate_setting(
     features: pd.DataFrame,
-    labels: Sequence[Any],
-    folds: Sequence[int],
+    labels: np.ndarray,
+    folds: np.ndarray,
     kind: Kind,
-    grid: Mapping[str, Sequence[Any]],
+    params: Mapping[str, Any],
+    class_names: Sequence[str],
     seed: int = 0,
-    *,
-    classes: Sequence[Any] | None = None,
     n_jobs: int | None = None,
-) -> tuple[dict[str, Any], pd.DataFrame, Pipeline]:
-    """Grid-search on the CNN's CV folds, per-fold metrics of the best setting, final fit on all rows.
+) -> list[FoldFit]:
+    """Fit one grid point on each CV fold's training rows and score its validation rows.
 
-    ``folds`` (0..k-1, one per training scan) define the splits through ``PredefinedSplit``; the
-    grid is scored by ROC-AUC (one-vs-rest macro for three classes). Returns the best classifier
-    parameters, a table with one row per fold and the shared columns (``fold, val_accuracy, ...,
-    val_loss``; loss = log loss), and the pipeline refitted with those parameters on every row.
-    ``classes`` orders the probability columns (default: sorted labels, e.g. normal < osteoporosis);
-    ``n_jobs`` parallelises the grid search (results do not depend on it).
+    ``labels`` are class indices into ``class_names``; ``folds`` (0..k-1, one per row) define the
+    splits (``PredefinedSplit``). Metrics are the project's (``evaluation.stats``), so the rows
+    line up with the CNNs'. The scaler and imputer of every fold see that fold's training rows
+    only (checked).
     """
     x = pd.DataFrame(features).reset_index(drop=True)
-    y = np.asarray(labels)
-    fold_ids = np.asarray(folds, dtype=int)
-    cls = list(classes) if classes is not None else sorted(np.unique(y).tolist())
-    if len(x) != len(y) or len(y) != len(fold_ids):
+    y, fold_ids = np.asarray(labels, dtype=int), np.asarray(folds, dtype=int)
+    if not len(x) == len(y) == len(fold_ids):
         raise ValueError("features, labels and folds must have one entry per training scan")
     if (fold_ids < 0).any():
-        raise ValueError("every training scan needs a fold (0..k-1)")
+        raise ValueError("every row needs a CV fold (0..k-1); leave the fixed val partition out")
+    names = np.asarray(class_names, dtype=object)  # the last class is the positive one
 
-    splitter = PredefinedSplit(fold_ids)
-    search = GridSearchCV(
-        make_classifier(kind, {}, seed),
-        _pipeline_grid(grid, kind),
-        scoring="roc_auc" if len(cls) == 2 else "roc_auc_ovr",
-        cv=splitter,
-        refit=True,  # the final fit on all training scans, with the best parameters
-        error_score="raise",
-        n_jobs=n_jobs,
+    def score(estimator: Pipeline, x_val: pd.DataFrame, y_val: np.ndarray) -> dict[str, float]:
+        proba = full_probabilities(estimator, x_val, len(names))
+        metrics = classification_metrics(names[y_val], proba, list(names))
+        return {m: float(metrics[m]) for m in METRIC_NAMES}
+
+    out = cross_validate(
+        make_classifier(kind, params, seed), x, y, cv=PredefinedSplit(fold_ids), scoring=score,
+        return_estimator=True, return_indices=True, n_jobs=n_jobs, error_score="raise",
     )
-    search.fit(x, y)
-    best = clone(search.best_estimator_)  # unfitted copy with the chosen parameters
-
-    rows = []
-    for fold, (train_idx, val_idx) in zip(np.unique(fold_ids), splitter.split()):
-        fitted = clone(best).fit(x.iloc[train_idx], y[train_idx])
-        metrics = classification_metrics(y[val_idx], _ordered_proba(fitted, x.iloc[val_idx], cls), cls)
-        rows.append({"fold": int(fold), **{f"val_{m}": metrics[m] for m in METRIC_NAMES}})
-    fold_table = pd.DataFrame(rows, columns=list(FOLD_COLUMNS))
-    return _model_params(search.best_params_, kind), fold_table, search.best_estimator_
+    fits = []
+    for i, (fold, fitted) in enumerate(zip(np.unique(fold_ids), out["estimator"], strict=True)):
+        train_idx, val_idx = out["indices"]["train"][i], out["indices"]["test"][i]
+        # scaling inside the fold: this fold's scaler was fitted on its training rows and no others
+        assert fitted.named_steps["scale"].n_samples_seen_ == len(train_idx)
+        assert (fold_ids[val_idx] == fold).all() and not (fold_ids[train_idx] == fold).any()
+        metrics = {m: float(out[f"test_{m}"][i]) for m in METRIC_NAMES}
+        fits.append(FoldFit(int(fold), train_idx, val_idx, metrics, float(out["fit_time"][i]), fitted))
+    return fits

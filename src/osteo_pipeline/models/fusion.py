@@ -1,9 +1,11 @@
 """Image + clinical fusion (second paper): CNN21 image features joined with clinical covariates.
 
-The image part is CNN21's penultimate layer (64 features, ``cnn21_features`` of train_cnn21);
-the clinical part is a few manifest columns (age, sex, BMI, fracture history). Missing covariates
-are imputed by the median, and every column standardised, with statistics fitted on training rows
-only (``fit_preprocessing``); a small dense head classifies the joined vector.
+The image part is CNN21's penultimate layer (64 features); the clinical part is a few manifest
+columns (age, sex, BMI, fracture history). Missing covariates are imputed by the median and every
+column standardised, with statistics fitted on training rows only (``fit_preprocessing``,
+scikit-learn); a small dense head classifies the joined vector (``build_fusion_head``).
+``build_fusion_network`` assembles what is saved: raw images and raw covariates in, the CNN21
+feature extractor, the fitted imputation/standardisation (``ImputeStandardize``) and the head.
 
 BMD, T-score and Z-score are refused as inputs: the class is defined from them (WHO T-score
 thresholds on the BMD measurement), so a model given them would read the answer, not learn it.
@@ -12,19 +14,24 @@ thresholds on the BMD measurement), so a model given them would read the answer,
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
 from keras import layers
+from sklearn.impute import SimpleImputer
 from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 # Normalised name fragments (lower case, letters and digits only) of label-defining measurements.
 LABEL_DEFINING = {"bmd": "BMD", "tscore": "T-score", "zscore": "Z-score"}
 FEATURE_PREFIX = "f"  # image feature columns f00, f01, ... (training.features.embedding_table)
 _SEX_CODES = {"m": 1.0, "male": 1.0, "f": 0.0, "female": 0.0}
+# Layer names of the saved network: the evaluate stage and the tests address them.
+EXTRACTOR_NAME, PREPROCESSING_NAME, HEAD_NAME = "cnn21_features", "preprocessing", "fusion_head"
 
 
 class LabelLeakError(ValueError):
@@ -51,10 +58,35 @@ def check_covariates(covariates: Sequence[str]) -> list[str]:
     return list(covariates)
 
 
+def resolve_covariates(manifest: pd.DataFrame, covariates: Sequence[str], on_missing: str = "drop") -> tuple[list[str], dict[str, str]]:
+    """The requested covariates the manifest can give, and the dropped ones with the reason.
+
+    A covariate absent from the manifest, or empty for every scan, is dropped with a reason
+    (``on_missing="drop"``; real cohorts often lack one) or stops the run (``"error"``). Partly
+    missing columns are kept: their gaps are imputed inside each fold.
+    """
+    check_covariates(covariates)
+    if on_missing not in ("drop", "error"):
+        raise ValueError(f"on_missing must be 'drop' or 'error', got {on_missing!r}")
+    dropped = {}
+    for name in covariates:
+        if name not in manifest.columns:
+            dropped[name] = "not a column of the scan manifest"
+        elif manifest[name].isna().all():
+            dropped[name] = "empty for every scan"
+    if dropped and on_missing == "error":
+        raise ValueError(f"fusion covariates unavailable: {dropped} (manifest columns: {sorted(manifest.columns)})")
+    used = [c for c in covariates if c not in dropped]
+    if not used:
+        raise ValueError(f"no fusion covariate is available: {dropped}")
+    return used, dropped
+
+
 def clinical_table(manifest: pd.DataFrame, scan_ids: Sequence[str], covariates: Sequence[str]) -> pd.DataFrame:
     """Numeric covariates of ``scan_ids`` (in that order) from the scan manifest; NaN where missing.
 
-    ``sex`` becomes 1 (male) / 0 (female); other columns must be numeric.
+    ``sex`` becomes 1 (male) / 0 (female) / NaN (anything else); other columns must be numeric.
+    This is the raw covariate input of the saved fusion network (``build_fusion_network``).
     """
     check_covariates(covariates)
     missing = [c for c in covariates if c not in manifest.columns]
@@ -71,51 +103,93 @@ def clinical_table(manifest: pd.DataFrame, scan_ids: Sequence[str], covariates: 
     return pd.DataFrame(out, index=rows.index)
 
 
-def image_features(feature_table: pd.DataFrame, scan_ids: Sequence[str], *, source: str, fold: int | None = None) -> pd.DataFrame:
-    """The image features of ``scan_ids`` (in order) from one model of ``cnn21_features``:
-    the fold model (``source="fold"``, ``fold``) or the final model (``source="final"``)."""
-    rows = feature_table[feature_table["source"] == source]
-    if fold is not None:
-        rows = rows[rows["fold"] == fold]
-    rows = rows.drop_duplicates("scan_id").set_index("scan_id")
-    absent = pd.Index(scan_ids, dtype=str).difference(rows.index)
+def image_features(feature_table: pd.DataFrame, scan_ids: Sequence[str], *, learning_rate: float, fold: int) -> pd.DataFrame:
+    """The image features of ``scan_ids`` (in order) from one fold model of ``cnn21_fold_features``
+    (columns scan_id, learning_rate, fold, f00..): the CNN21 trained at ``learning_rate`` without ``fold``."""
+    at_rate = np.isclose(feature_table["learning_rate"].astype(float), float(learning_rate), rtol=1e-9, atol=0.0)
+    rows = feature_table[at_rate & (feature_table["fold"] == fold)].drop_duplicates("scan_id").set_index("scan_id")
+    absent = pd.Index(scan_ids, dtype=str).difference(rows.index.astype(str))
     if len(absent):
-        where = f"fold {fold} model" if fold is not None else f"{source} model"
-        raise ValueError(f"no CNN21 {where} features for {len(absent)} scans, e.g. {list(absent[:3])}: rerun train_cnn21")
-    columns = [c for c in rows.columns if re.fullmatch(rf"{FEATURE_PREFIX}\d+", c)]
-    return rows.loc[list(map(str, scan_ids)), columns]
+        raise ValueError(
+            f"no features from the CNN21 fold {fold} model at learning rate {learning_rate:g} for {len(absent)} "
+            f"scans, e.g. {list(absent[:3])}: rerun train_cnn21 with the same split and label_scheme"
+        )
+    return rows.loc[list(map(str, scan_ids)), feature_columns(rows.columns)]
 
 
-def fit_preprocessing(table: pd.DataFrame) -> dict[str, Any]:
-    """Median imputation and standardisation statistics of ``table`` (the training rows), JSON-able."""
-    values = table.to_numpy(dtype=float)
-    fill = np.nanmedian(np.where(np.isnan(values).all(axis=0), 0.0, values), axis=0)
-    filled = np.where(np.isnan(values), fill, values)
-    scale = filled.std(axis=0)
-    return {
-        "columns": list(table.columns),
-        "fill": fill.tolist(),
-        "mean": filled.mean(axis=0).tolist(),
-        "scale": np.where(scale > 0, scale, 1.0).tolist(),  # a constant column stays 0 after centring
-        "n_fit_rows": int(len(table)),
-        "n_missing": {c: int(n) for c, n in zip(table.columns, np.isnan(values).sum(axis=0)) if n},
-    }
-
-
-def apply_preprocessing(table: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
-    """Impute and standardise ``table`` with fitted ``state``: the fusion model's float32 input."""
-    if list(table.columns) != state["columns"]:
-        raise ValueError(f"columns {list(table.columns)} differ from the fitted ones {state['columns']}")
-    values = table.to_numpy(dtype=float)
-    values = np.where(np.isnan(values), np.asarray(state["fill"]), values)
-    return ((values - np.asarray(state["mean"])) / np.asarray(state["scale"])).astype(np.float32)
+def feature_columns(columns: Iterable[Any]) -> list[str]:
+    """The image feature columns ``f00, f01, ...`` among ``columns``, in order."""
+    return [c for c in columns if re.fullmatch(rf"{FEATURE_PREFIX}\d+", str(c))]
 
 
 def joined_table(features: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
-    """Image features then covariates, row-aligned by scan id."""
-    if list(features.index) != list(clinical.index):
+    """Image features then covariates, row-aligned by scan id (the head's raw input)."""
+    if list(map(str, features.index)) != list(map(str, clinical.index)):
         raise ValueError("image features and covariates must list the same scans in the same order")
-    return pd.concat([features, clinical], axis=1)
+    clash = set(features.columns) & set(clinical.columns)
+    if clash:
+        raise ValueError(f"covariate names clash with image feature names: {sorted(clash)}")
+    return pd.concat([features, clinical.set_axis(features.index)], axis=1)
+
+
+def fit_preprocessing(table: pd.DataFrame) -> Pipeline:
+    """Median imputation then standardisation, fitted on ``table`` (the training rows only).
+
+    A column empty in every fit row is kept and filled with 0 (sklearn's ``keep_empty_features``),
+    so the input width never depends on the fold.
+    """
+    return Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("scale", StandardScaler()),
+    ]).fit(table)
+
+
+def apply_preprocessing(table: pd.DataFrame, fitted: Pipeline) -> np.ndarray:
+    """Impute and standardise ``table`` with the fitted preprocessing: the head's float32 input.
+    The columns must be the fitted ones, in order (sklearn checks the names)."""
+    if list(table.columns) != list(fitted.feature_names_in_):
+        raise ValueError(f"columns {list(table.columns)} differ from the fitted ones {list(fitted.feature_names_in_)}")
+    return fitted.transform(table).astype(np.float32)
+
+
+def preprocessing_state(fitted: Pipeline, table: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The fitted constants by column (JSON-able): fill value, mean and scale; with ``table`` (the
+    fit rows), how many values each column had missing there."""
+    columns = [str(c) for c in fitted.feature_names_in_]
+    imputer, scaler = fitted.named_steps["impute"], fitted.named_steps["scale"]
+    state: dict[str, Any] = {
+        "columns": columns,
+        "fill": imputer.statistics_.astype(float).tolist(),
+        "mean": scaler.mean_.astype(float).tolist(),
+        "scale": scaler.scale_.astype(float).tolist(),
+        "n_fit_rows": int(scaler.n_samples_seen_),
+    }
+    if table is not None:
+        state["n_missing"] = {c: int(n) for c, n in table.isna().sum().items() if n}
+    return state
+
+
+@keras.saving.register_keras_serializable(package="osteo_pipeline")
+class ImputeStandardize(layers.Layer):
+    """``fit_preprocessing`` inside the network: NaN -> the fitted fill value, then (x - mean) / scale.
+
+    The constants are non-trainable weights, so they travel with the saved model and with
+    ``set_weights`` (set them with ``set_state``); built with fill 0, mean 0, scale 1 (identity).
+    """
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        width = (int(input_shape[-1]),)
+        self.fill = self.add_weight(shape=width, initializer="zeros", trainable=False, name="fill")
+        self.mean = self.add_weight(shape=width, initializer="zeros", trainable=False, name="mean")
+        self.scale = self.add_weight(shape=width, initializer="ones", trainable=False, name="scale")
+
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.where(keras.ops.isnan(inputs), self.fill, inputs)
+        return (x - self.mean) / self.scale
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Load the constants of ``preprocessing_state``."""
+        self.set_weights([np.asarray(state[k], dtype=np.float32) for k in ("fill", "mean", "scale")])
 
 
 def build_fusion_head(
@@ -132,7 +206,36 @@ def build_fusion_head(
     x = layers.Dropout(dropout, name="fusion_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32",
                            name="class_probs")(x)
-    return keras.Model(inputs, outputs, name="fusion")
+    return keras.Model(inputs, outputs, name=HEAD_NAME)
+
+
+def build_fusion_network(
+    input_shape: Sequence[tuple[int, ...]],
+    num_classes: int,
+    *,
+    image_model: keras.Model,
+    hidden_units: int = 16,
+    dropout: float = 0.2,
+    l2: float = 1e-4,
+) -> keras.Model:
+    """The saved fusion model: inputs ``image`` (float32 (N, H, W, 3) in [0, 1], as CNN21) and
+    ``covariates`` (float32 (N, C), ``clinical_table`` order, NaN where unknown); softmax output.
+
+    ``input_shape`` is ``[(H, W, 3), (C,)]``. The image branch is ``image_model`` up to its
+    penultimate layer, with its weights, frozen; preprocessing starts as the identity and the
+    head untrained (``training.fusion.assemble`` loads both).
+    """
+    image_shape, covariate_shape = (tuple(int(d) for d in s) for s in input_shape)
+    image = keras.Input(shape=image_shape, name="image")
+    covariates = keras.Input(shape=covariate_shape, name="covariates")
+    cnn = keras.models.clone_model(image_model)  # own layers: the template is not shared or changed
+    cnn.set_weights(image_model.get_weights())
+    extractor = keras.Model(cnn.input, cnn.layers[-1].input, name=EXTRACTOR_NAME)
+    extractor.trainable = False
+    joined = layers.Concatenate(name="joined")([extractor(image), covariates])
+    scaled = ImputeStandardize(name=PREPROCESSING_NAME)(joined)
+    head = build_fusion_head((int(joined.shape[-1]),), num_classes, hidden_units, dropout, l2)
+    return keras.Model([image, covariates], head(scaled), name="fusion")
 
 
 def single_covariate_auc(values: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> float:
@@ -144,3 +247,47 @@ def single_covariate_auc(values: np.ndarray, labels: np.ndarray, class_names: Se
     if positive.all() or not positive.any():
         return float("nan")
     return float(roc_auc_score(positive, values[known]))
+
+
+def covariate_aucs(
+    clinical: pd.DataFrame, labels: np.ndarray, folds: np.ndarray, class_names: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Each covariate alone as a score: its AUC over all rows and its mean AUC over the CV folds'
+    validation rows (the rows the fusion model's val AUC is measured on), and its separability
+    max(AUC, 1 - AUC), which does not care about the direction."""
+    folds = np.asarray(folds)
+    out: dict[str, dict[str, float | None]] = {}
+    for name in clinical.columns:
+        values = clinical[name].to_numpy(dtype=float)
+        pooled = single_covariate_auc(values, labels, class_names)
+        per_fold = [single_covariate_auc(values[folds == k], labels[folds == k], class_names) for k in np.unique(folds[folds >= 0])]
+        val_mean = float(np.nanmean(per_fold)) if not np.isnan(per_fold).all() else float("nan")
+        out[name] = {
+            "auc": _finite(pooled),
+            "val_auc_mean": _finite(val_mean),
+            "separability": _finite(max(pooled, 1 - pooled)) if np.isfinite(pooled) else None,
+        }
+    return out
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def dominant_covariate_warnings(
+    aucs: dict[str, dict[str, float | None]], threshold: float, fusion_val_auc: float | None
+) -> list[str]:
+    """One warning per covariate whose separability alone reaches ``threshold``: the fusion model
+    may then be reading the recruitment criterion rather than the scan (in the first paper's
+    cohort the classes were recruited by fracture history)."""
+    warnings = []
+    for name, auc in aucs.items():
+        if auc["separability"] is not None and auc["separability"] >= threshold:
+            fusion = "undefined" if fusion_val_auc is None else f"{fusion_val_auc:.3f}"
+            alone = "n/a" if auc["val_auc_mean"] is None else f"{auc['val_auc_mean']:.3f}"
+            warnings.append(
+                f"{name} alone nearly determines the label in this cohort (AUC {auc['auc']:.3f}, separability "
+                f"{auc['separability']:.3f} >= {threshold:g}; mean validation-fold AUC {alone} vs the fusion "
+                f"model's {fusion}): the fusion result may reflect how the cohort was recruited, not the scans"
+            )
+    return warnings

@@ -103,6 +103,7 @@ class InputStreams:
         self.training_set = training_set
         self.batch_size = batch_size
         self.num_classes = len(training_set.class_names)
+        self.input_shape = tuple(int(d) for d in training_set.images.shape[1:])  # what the model takes
         # Created once: every fold's streams gather from it instead of copying arrays.
         self._images = tf.constant(training_set.images, dtype=tf.uint8)
         self._labels = tf.one_hot(training_set.labels, self.num_classes)

@@ -1,7 +1,8 @@
 """The one training loop: fit a model, cross-validate a learning-rate grid, final fit.
 
 Models plug in as builders: ``builder(input_shape=(H, W, C), num_classes=K) -> keras.Model``
-(uncompiled, softmax output, input scaled to [0, 1]); bind their own hyper-parameters with
+(uncompiled, softmax output, input scaled to [0, 1]; a multi-input network's builder gets a list
+of shapes, one per input); bind their own hyper-parameters with
 ``functools.partial``. The loop owns everything else: input streams, optimiser, class-weighted
 cross-entropy, early stopping, metrics, MLflow child runs, precision, strategy, determinism.
 """
@@ -14,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import keras
@@ -166,8 +168,10 @@ def _class_weight(training_set: TrainingSet, indices: np.ndarray, class_weights:
 def _export_float32(builder: ModelBuilder, model: keras.Model) -> keras.Model:
     """Copy trained weights into a float32, strategy-free twin: the saved model then runs
     anywhere (bf16/fp16 inference is slow or missing on many CPUs); variables are float32 anyway."""
+    shape = model.input_shape  # a list for a multi-input network (fusion): one shape per input
+    input_shape = [tuple(s[1:]) for s in shape] if isinstance(shape, list) else tuple(shape[1:])
     with runtime.precision_policy("float32"):
-        twin = builder(input_shape=tuple(model.input_shape[1:]), num_classes=model.output_shape[-1])
+        twin = builder(input_shape=input_shape, num_classes=model.output_shape[-1])
     twin.set_weights(model.get_weights())
     return twin
 
@@ -192,7 +196,8 @@ def fit_model(
 
     ``on_trained``, if given, gets the trained model (best weights) while the run is still active
     (used to log the final model into the same run). ``models`` lets successive fits reuse
-    one compiled model (see ``ModelPool``); without it the model is built afresh.
+    one compiled model (see ``ModelPool``); without it the model is built afresh. The builder
+    gets ``streams.input_shape``: the images' shape, or that of precomputed inputs (``features``).
     """
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{run_name}: empty training ({len(train_idx)}) or validation ({len(val_idx)}) set")
@@ -205,14 +210,14 @@ def fit_model(
     train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
     val_ds = streams.evaluate(val_idx)
     model, precision = (models or ModelPool()).get(
-        builder, tuple(ts.images.shape[1:]), streams.num_classes, learning_rate, config
+        builder, streams.input_shape, streams.num_classes, learning_rate, config
     )
     params = {
         **config.as_params(),
         "learning_rate": learning_rate,
         "precision_resolved": precision,
         "replicas": strategy.num_replicas_in_sync,
-        "input_shape": "x".join(map(str, ts.images.shape[1:])),
+        "input_shape": "x".join(map(str, streams.input_shape)),
         "class_names": ",".join(ts.class_names),
         "class_weight": {ts.class_names[i]: round(w, 4) for i, w in class_weight.items()},
         "n_train": len(train_idx),
@@ -266,9 +271,17 @@ def cross_validate(
     augmentation_policy: dict[str, Any] | None,
     class_weights: dict[str, Any] | None = None,
     data_fingerprint: dict[str, Any] | None = None,
+    streams: InputStreams | None = None,
+    fit: Callable[..., FitResult] = fit_model,
+    on_fold_trained: Callable[[keras.Model, float, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Train one model per learning rate x CV fold (validating on the fold); one row of metrics each."""
-    streams = InputStreams(training_set, config.batch_size)
+    """Train one model per learning rate x CV fold (validating on the fold); one row of metrics each.
+
+    ``streams`` and ``fit`` default to images and ``fit_model``; the transfer baselines pass
+    cached activations and their phased fit. ``on_fold_trained(model, learning_rate=, fold=)``
+    sees each fold's trained model (best weights), e.g. to take its image features.
+    """
+    streams = streams or InputStreams(training_set, config.batch_size)
     folds = training_set.cv_folds
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs >= 2 folds in the split table, got {folds}")
@@ -279,10 +292,11 @@ def cross_validate(
             done += 1
             train_idx = np.flatnonzero((training_set.folds != fold) & (training_set.folds != VAL_PARTITION_FOLD))
             val_idx = np.flatnonzero(training_set.folds == fold)
-            result = fit_model(
+            result = fit(
                 builder, streams, train_idx, val_idx,
                 learning_rate=lr, config=config, augmentation_policy=augmentation_policy,
                 class_weights=class_weights,
+                on_trained=None if on_fold_trained is None else partial(on_fold_trained, learning_rate=lr, fold=fold),
                 run_name=f"{config.model_name}-lr{lr:g}-fold{fold} ({done}/{total})",
                 run_params={"fold": fold, "n_folds": len(folds), "stage": "cv", "label_scheme": training_set.counts.get("label_scheme")},
                 run_tags={"stage": "cv", **tracking.fingerprint_tags(data_fingerprint or {})},
@@ -346,10 +360,15 @@ def final_fit(
     augmentation_policy: dict[str, Any] | None,
     class_weights: dict[str, Any] | None = None,
     data_fingerprint: dict[str, Any] | None = None,
+    streams: InputStreams | None = None,
+    fit: Callable[..., FitResult] = fit_model,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit on the whole training partition (early stopping on a held-out patient group),
-    log and register the model in MLflow; return a float32 model and a report."""
-    streams = InputStreams(training_set, config.batch_size)
+    log and register the model in MLflow; return a float32 model and a report.
+
+    ``streams`` and ``fit`` as in ``cross_validate``; ``builder`` builds the whole network saved.
+    """
+    streams = streams or InputStreams(training_set, config.batch_size)
     train_idx, val_idx = final_split(training_set, config.final_val_fraction, config.seed)
     kept: dict[str, Any] = {}
 
@@ -358,7 +377,7 @@ def final_fit(
         if config.track:
             kept["model_uri"] = tracking.log_keras_model(kept["model"], training_set.class_names, config.registered_model_name)
 
-    result = fit_model(
+    result = fit(
         builder, streams, train_idx, val_idx,
         learning_rate=learning_rate, config=config, augmentation_policy=augmentation_policy,
         class_weights=class_weights, run_name=f"{config.model_name}-final-lr{learning_rate:g}",

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures only go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
+import mlflow.sklearn  # noqa: E402
 import mlflow.tensorflow  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
@@ -135,18 +136,37 @@ def _requirements() -> list[str]:
     return [f"{name}=={versions[name]}" for name in (tf_dist, "keras", "numpy") if name in versions]
 
 
+def _project_layers(model: keras.Model) -> dict[str, type]:
+    """The project's own layer classes inside ``model`` (fusion's preprocessing), which MLflow must
+    be given to reload it; none for CNN21 and the transfer models, whose registry copies then
+    load without this package."""
+    found: dict[str, type] = {}
+    todo = list(model.layers)
+    while todo:
+        layer = todo.pop()
+        todo.extend(getattr(layer, "layers", []))  # nested models (fusion's CNN21 branch and head)
+        name = keras.saving.get_registered_name(type(layer))
+        if name.startswith("osteo_pipeline>"):
+            found[name] = type(layer)
+    return found
+
+
 def log_keras_model(model: keras.Model, class_names: Sequence[str], registered_model_name: str | None) -> str:
     """Log ``model`` as an MLflow model (signature, input example) and register a new version.
 
     Input: float32 images scaled to [0, 1]; output: one probability per class, in ``class_names`` order.
     """
-    input_shape = tuple(int(d) for d in model.input_shape[1:])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(class_names)))]),
-    )
-    # A blank image, not a scan: patient pixels must not leave the data folders via the registry.
-    example = np.zeros((1, *input_shape), dtype=np.float32)
+    if isinstance(model.input_shape, list):  # several named inputs (fusion: image, covariates)
+        shapes = {t.name: tuple(int(d) for d in t.shape[1:]) for t in model.inputs}
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), name) for name, shape in shapes.items()])
+        example: np.ndarray | dict[str, np.ndarray] = {n: np.zeros((1, *s), dtype=np.float32) for n, s in shapes.items()}
+    else:
+        input_shape = tuple(int(d) for d in model.input_shape[1:])
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
+        # A blank image, not a scan: patient pixels must not leave the data folders via the registry.
+        example = np.zeros((1, *input_shape), dtype=np.float32)
+    signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(class_names)))]))
+    custom_objects = _project_layers(model)
     # The tensorflow flavour (it saves Keras 3 models as .keras): mlflow.keras 3.17 writes the
     # input example before creating the model folder and fails.
     info = mlflow.tensorflow.log_model(
@@ -157,5 +177,46 @@ def log_keras_model(model: keras.Model, class_names: Sequence[str], registered_m
         registered_model_name=registered_model_name,
         pip_requirements=_requirements(),
         metadata={"class_names": list(class_names), "input_scaling": "uint8 / 255"},
+        custom_objects=custom_objects or None,
+    )
+    return info.model_uri
+
+
+def log_sklearn_model(
+    model: Any,
+    class_names: Sequence[str],
+    registered_model_name: str | None,
+    input_example: np.ndarray,
+    trusted_types: Sequence[str] = (),
+) -> str:
+    """``log_keras_model``'s sibling for scikit-learn pipelines (sklearn flavour, pyfunc = ``predict_proba``).
+
+    ``input_example`` fixes the input's dtype and shape (its values are not logged: a blank
+    array stands in, so no patient data reaches the registry); output: one probability per class.
+    ``trusted_types``: what the skops format must trust to reload the model (project functions,
+    sklearn internals), named one by one.
+    """
+    example = np.zeros((1, *input_example.shape[1:]), dtype=input_example.dtype)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, len(class_names)))]),
+    )
+    versions = package_versions()
+    requirements = [f"{name}=={versions[name]}" for name in ("scikit-learn", "numpy", "pandas") if name in versions]
+    for name in ("scipy", "scikit-image"):  # the handcrafted features' own libraries
+        try:
+            requirements.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=requirements,
+        pyfunc_predict_fn="predict_proba",
+        skops_trusted_types=list(trusted_types) or None,
+        metadata={"class_names": list(class_names), "input": f"{example.dtype} {tuple(example.shape[1:])}"},
     )
     return info.model_uri

@@ -5,7 +5,7 @@ fine-tunes at a lower learning rate. Whatever lies below a phase's cut point doe
 while that phase trains, so its activations are computed once per image view
 (``cache_activations``: K augmented views per scan and one clean view, float16) and every fold,
 learning rate and epoch trains only the part above the cut (``fit_phases``). Each phase is one
-``loop.fit_model`` call; ``fit_phases`` has ``fit_model``'s signature, so ``loop.cross_validate``
+``loop.fit_model`` call; ``fit_phases`` is a drop-in for ``fit_model``, so ``loop.cross_validate``
 and ``loop.final_fit`` run the whole protocol unchanged. The model that leaves is still the whole
 network (``assemble``): frozen bottom + trained top, taking [0, 1] images like CNN21.
 """
@@ -22,11 +22,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from osteo_pipeline.models.backbones import HEAD_LAYERS, submodel
+from osteo_pipeline.models.backbones import HEAD_LAYERS, block_boundaries, submodel
 from osteo_pipeline.training import runtime, tracking
 from osteo_pipeline.training.data import TrainingSet, scale_images
 from osteo_pipeline.training.features import FeatureStreams, compact, predict_images
-from osteo_pipeline.training.loop import FitResult, ModelBuilder, TrainingConfig, fit_model
+from osteo_pipeline.training.loop import FitResult, ModelBuilder, ModelPool, TrainingConfig, fit_model
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,19 @@ class Phase:
     early_stopping_patience: int | None = None
 
 
+def transfer_phases(
+    backbone: str, unfreeze_blocks: int, learning_rate_factor: float = 0.1,
+    max_epochs: int | None = None, early_stopping_patience: int | None = None,
+) -> tuple[Phase, ...]:
+    """``head`` (backbone frozen, the grid's rate), then ``fine_tune`` (the last ``unfreeze_blocks``
+    blocks train too, at ``learning_rate_factor`` x the rate) unless ``unfreeze_blocks`` is 0."""
+    boundaries = block_boundaries(backbone, unfreeze_blocks)
+    head = Phase("head", boundaries[0])
+    if len(boundaries) == 1:
+        return (head,)
+    return head, Phase("fine_tune", boundaries[1], float(learning_rate_factor), max_epochs, early_stopping_patience)
+
+
 @dataclass
 class FrozenActivations:
     """Cached activations of a network's frozen part, per phase boundary, row-aligned with
@@ -55,6 +68,7 @@ class FrozenActivations:
     views: dict[str, np.ndarray | None]  # boundary -> (N, K, ...) K augmented views per scan
     tops: dict[str, keras.Model]  # boundary -> the network above it, initial weights (cloned per fit)
     info: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # on every MLflow run trained from it (pretrained=...)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -82,6 +96,7 @@ def cache_activations(
     batch_size: int = 16,
     precision: str = "float32",
     info: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> FrozenActivations:
     """Run the frozen part once: images -> the lowest boundary (clean view + ``views_per_scan``
     augmented views), then each higher boundary from the cached lower one (the frozen blocks
@@ -122,35 +137,30 @@ def cache_activations(
             "cache_seconds": round(seconds, 1), "cache_mb": round(n_bytes / 2**20, 1), "cache_precision": precision,
             "cache_dtype": str(clean[order[0]].dtype)}
     tops = {b: submodel(model, start=b) for b in boundaries}
-    return FrozenActivations(training_set, builder, initial_weights, tuple(phases), clean, views, tops, info)
+    return FrozenActivations(training_set, builder, initial_weights, tuple(phases), clean, views, tops, info, dict(tags or {}))
 
 
 class TransferStreams:
-    """The input of ``fit_phases``: one ``FeatureStreams`` per phase boundary, built once."""
+    """The input of ``fit_phases``: per phase boundary, a ``FeatureStreams`` and the top model's
+    builder, made once (a ``ModelPool`` then reuses one model per phase across folds)."""
 
     def __init__(self, cache: FrozenActivations, batch_size: int):
         self.cache = cache
         self.training_set = cache.training_set
         self.batch_size = batch_size
         self.num_classes = cache.num_classes
-        self.input_shape = cache.image_shape
-        self._phase = {
+        self.input_shape = cache.image_shape  # the whole network's; each phase's streams have their own
+        self._streams = {
             b: FeatureStreams(cache.training_set, cache.clean[b], cache.views[b], batch_size) for b in cache.clean
         }
+        self._builders = {b: partial(build_top, cache=cache, boundary=b) for b in cache.clean}
 
-    def for_phase(self, phase: Phase) -> FeatureStreams:
-        return self._phase[phase.boundary]
+    def for_phase(self, phase: Phase) -> tuple[ModelBuilder, FeatureStreams]:
+        return self._builders[phase.boundary], self._streams[phase.boundary]
 
 
-def build_top(
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    cache: FrozenActivations,
-    boundary: str,
-    head: dict[str, list[np.ndarray]] | None = None,
-) -> keras.Model:
-    """The network above ``boundary`` with the cached weights (a fresh head unless ``head`` is given).
+def build_top(input_shape: tuple[int, ...], num_classes: int, *, cache: FrozenActivations, boundary: str) -> keras.Model:
+    """The network above ``boundary``, with the weights the activations were cached with.
 
     Batch normalisation stays in inference mode with its statistics frozen (the usual fine-tuning
     practice, and what the cached bottom computed with). The layers compute in the cache's precision.
@@ -158,15 +168,13 @@ def build_top(
     template = cache.tops[boundary]
     if template.output_shape[-1] != num_classes:
         raise ValueError(f"the cached network has {template.output_shape[-1]} classes, not {num_classes}")
+    if tuple(template.input_shape[1:]) != tuple(input_shape):
+        raise ValueError(f"the network above {boundary} takes {template.input_shape[1:]}, not {input_shape}")
     top = keras.models.clone_model(template)  # fresh layers, ~10x faster than building the whole network
     top.set_weights(template.get_weights())
-    if tuple(top.input_shape[1:]) != tuple(input_shape):
-        raise ValueError(f"cached activations at {boundary} have shape {input_shape}, the model expects {top.input_shape[1:]}")
     for layer in top.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    for name, weights in (head or {}).items():
-        top.get_layer(name).set_weights(weights)
     return top
 
 
@@ -208,46 +216,51 @@ def fit_phases(
     *,
     learning_rate: float,
     config: TrainingConfig,
-    augmentation_policy: dict[str, Any] | None,
-    class_weights: dict[str, Any] | None = None,
-    run_name: str,
-    run_params: dict[str, Any] | None = None,
-    run_tags: dict[str, str] | None = None,
+    models: ModelPool | None = None,
     on_trained: Callable[[keras.Model], None] | None = None,
+    run_name: str,
+    **fit_args: Any,
 ) -> FitResult:
     """``loop.fit_model`` for a phased transfer model: one MLflow run holding a nested run per phase.
 
     Each phase starts from the previous phase's head. The result's metrics are the last phase's
     (best weights); ``on_trained`` gets the whole assembled network. ``builder`` must be the
-    cache's own (the whole network).
+    cache's own (the whole network); ``models`` reuses the phases' top models across folds. The
+    other keyword arguments are ``fit_model``'s; every run also carries the cache's tags.
     """
     cache = streams.cache
     if builder is not cache.builder:
         raise ValueError("fit_phases trains the network its activation cache was computed with")
+    run_params = {**(fit_args.pop("run_params", None) or {})}
+    run_tags = {**(fit_args.pop("run_tags", None) or {}), **cache.tags}
     precision = runtime.resolve_precision(config.precision)
     params = {
-        **config.as_params(), "learning_rate": learning_rate, "n_train": len(train_idx), "n_val": len(val_idx),
+        **config.as_params(), "learning_rate": learning_rate, "precision_resolved": precision,
+        "n_train": len(train_idx), "n_val": len(val_idx),
+        "n_params": sum(w.size for w in cache.initial_weights),  # the whole network's; phase runs log their top's
         "phases": "; ".join(f"{p.name} above {p.boundary} at lr x{p.learning_rate_factor:g}" for p in cache.phases),
-        **(run_params or {}),
+        **run_params,
     }
-    tags = {**tracking.environment_tags(precision, config.strategy), "model": config.model_name, **(run_tags or {})}
+    tags = {**tracking.environment_tags(precision, config.strategy), "model": config.model_name, **run_tags}
     results: list[FitResult] = []
+    models = ModelPool() if models is None else models
     with tracking.child_run(run_name, params, tags, enabled=config.track) as run_id:
-        head = None
+        head: dict[str, list[np.ndarray]] = {}
         for phase in cache.phases:
             phase_config = replace(
                 config,
                 max_epochs=phase.max_epochs or config.max_epochs,
                 early_stopping_patience=phase.early_stopping_patience or config.early_stopping_patience,
             )
-            top_builder = partial(build_top, cache=cache, boundary=phase.boundary, head=head)
+            top_builder, phase_streams = streams.for_phase(phase)
             result = fit_model(
-                top_builder, streams.for_phase(phase), train_idx, val_idx,
+                top_builder, phase_streams, train_idx, val_idx,
                 learning_rate=learning_rate * phase.learning_rate_factor, config=phase_config,
-                augmentation_policy=augmentation_policy, class_weights=class_weights,
                 run_name=f"{run_name} {phase.name}",
-                run_params={**(run_params or {}), "phase": phase.name, "boundary": phase.boundary},
-                run_tags={**(run_tags or {}), "phase": phase.name},
+                run_params={**run_params, "phase": phase.name, "boundary": phase.boundary},
+                run_tags={**run_tags, "phase": phase.name},
+                models=_HeadStart(models, head) if head else models,
+                **fit_args,
             )
             head = head_weights(result.model)
             results.append(result)
@@ -255,10 +268,24 @@ def fit_phases(
         epochs_before = sum(r.epochs_run for r in results[:-1])
         seconds = sum(r.seconds for r in results)
         epochs_run = epochs_before + last.epochs_run
+        history = _merge_histories([r.history for r in results])
         tracking.log_metrics(last.metrics, step=epochs_run)
         tracking.log_metrics({"best_epoch": epochs_before + last.best_epoch, "epochs_run": epochs_run,
                               "train_seconds": seconds, **{f"{p.name}_epochs_run": r.epochs_run for p, r in zip(cache.phases, results)}})
+        tracking.log_training_curves(history, f"{run_name} ({' then '.join(p.name for p in cache.phases)})")
         if on_trained is not None:
             on_trained(assemble(cache, last.model, cache.phases[-1].boundary))
-    return FitResult(last.model, _merge_histories([r.history for r in results]), last.metrics,
-                     epochs_before + last.best_epoch, epochs_run, seconds, run_id)
+    return FitResult(last.model, history, last.metrics, epochs_before + last.best_epoch, epochs_run, seconds, run_id)
+
+
+class _HeadStart:
+    """A ``ModelPool`` whose reset models start their head from the previous phase's weights."""
+
+    def __init__(self, models: ModelPool, head: dict[str, list[np.ndarray]]):
+        self.models, self.head = models, head
+
+    def get(self, *args: Any, **kwargs: Any) -> tuple[keras.Model, str]:
+        model, precision = self.models.get(*args, **kwargs)
+        for name, weights in self.head.items():
+            model.get_layer(name).set_weights(weights)
+        return model, precision

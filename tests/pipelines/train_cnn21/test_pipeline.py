@@ -115,3 +115,20 @@ def test_reports_and_determinism(trained_cnn21_project):
     assert final["registered_model_name"] == "osteo-cnn21" and final["mlflow_model_uri"].startswith("models:/")
     assert final["n_train"] + final["n_val"] == summary["data"]["n_training_scans"]
     assert not set(final["val_patients"]) & set(table.patient_id[table.partition == "test"])
+
+
+def test_fold_features_come_from_each_fold_model(trained_cnn21_project):
+    """cnn21_fold_features (the fusion baseline's input): every training scan once per fold
+    model, 64 features each, from models that differ by fold, and no test scan."""
+    root = trained_cnn21_project["root"]
+    features = pd.read_parquet(_versions(root, "data/05_model_input/cnn21_fold_features.parquet")[-1])
+    summary = json.loads(_versions(root, "data/08_reporting/cnn21_cv_summary.json")[-1].read_text())
+    feature_cols = [c for c in features if c.startswith("f") and c[1:].isdigit()]
+    assert len(feature_cols) == 64 and np.isfinite(features[feature_cols].to_numpy()).all()
+    assert sorted(features.fold.unique()) == [0, 1] and set(features.learning_rate) == {1e-3}
+    per_fold = features.groupby("fold").scan_id.apply(lambda s: sorted(s))
+    assert per_fold[0] == per_fold[1] and len(per_fold[0]) == summary["data"]["n_training_scans"]
+    table = trained_cnn21_project["split_table"]
+    assert not set(features.scan_id) & set(table.scan_id[table.partition == "test"])
+    by_fold = features.sort_values(["fold", "scan_id"]).groupby("fold")[feature_cols]
+    assert not np.allclose(by_fold.get_group(0).to_numpy(), by_fold.get_group(1).to_numpy())

@@ -11,6 +11,7 @@ import pandas as pd
 
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
+from osteo_pipeline.training.features import embedding_table
 
 MODEL_NAME = "cnn21"
 
@@ -32,18 +33,27 @@ def cross_validate_cnn21(
     data_fingerprint: dict[str, Any],
     params: dict[str, Any],
     seed: int,
-) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
-    """Per-fold metrics for each learning rate, the CV summary with the chosen rate, and the
-    chosen rate's CV means as parent-run metrics."""
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]], pd.DataFrame]:
+    """Per-fold metrics for each learning rate, the CV summary with the chosen rate, the
+    chosen rate's CV means as parent-run metrics, and each fold model's image features
+    (penultimate layer) of every training-partition scan."""
     builder, config = _builder_and_config(params, seed)
+    features: list[pd.DataFrame] = []
+
+    def take_features(model: keras.Model, learning_rate: float, fold: int) -> None:
+        # Every training-partition scan through this fold's model: the fusion baseline trains on
+        # the fold's training rows and validates on its held-out rows, never seen by this model.
+        features.append(embedding_table(model, training_set.images, training_set.scan_ids,
+                                        batch_size=config.batch_size, learning_rate=learning_rate, fold=fold))
+
     fold_metrics = cross_validate(
         builder, training_set, config=config, augmentation_policy=augmentation_policy,
-        class_weights=class_weights, data_fingerprint=data_fingerprint,
+        class_weights=class_weights, data_fingerprint=data_fingerprint, on_fold_trained=take_features,
     )
     summary = {**summarise_cv(fold_metrics), "data": training_set.counts, "data_fingerprint": data_fingerprint}
     chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
     parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
-    return fold_metrics, summary, parent_metrics
+    return fold_metrics, summary, parent_metrics, pd.concat(features, ignore_index=True)
 
 
 def fit_final_cnn21(

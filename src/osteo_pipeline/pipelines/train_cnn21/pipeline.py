@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 cross_validate_cnn21,
                 inputs=["cnn21_training_set", *_TRAINING_INPUTS, "params:train_cnn21", "params:seed"],
-                outputs=["cnn21_fold_metrics", "cnn21_cv_summary", "cnn21_cv_metrics"],
+                outputs=["cnn21_fold_metrics", "cnn21_cv_summary", "cnn21_cv_metrics", "cnn21_fold_features"],
                 name="cross_validate_cnn21",
             ),
             Node(

@@ -1,0 +1,114 @@
+"""Project hooks: stop a run before it starts when its inputs have not been made yet."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+
+import osteo_pipeline.pipelines
+from osteo_pipeline.datasets import RawFolderDataset
+
+logger = logging.getLogger(__name__)
+
+
+class MissingInputsError(RuntimeError):
+    """A pipeline was asked to run before the pipelines that make its inputs."""
+
+
+def stage_pipelines() -> dict[str, Pipeline]:
+    """Every pipeline under ``osteo_pipeline.pipelines``, by folder name.
+
+    Built here rather than read from ``kedro.framework.project.pipelines``, which only holds
+    the pipelines named on the command line.
+    """
+    found = {}
+    for module in pkgutil.iter_modules(osteo_pipeline.pipelines.__path__):
+        try:
+            found[module.name] = importlib.import_module(f"osteo_pipeline.pipelines.{module.name}").create_pipeline()
+        except Exception as error:  # noqa: BLE001 - as find_pipelines: a broken stage must not block the others
+            logger.warning("pipeline %s could not be built (%s); not checked as a producer", module.name, error)
+    return found
+
+
+def _is_stored(catalog: DataCatalog, name: str) -> bool:
+    # Free inputs held only in memory (or unknown to the catalog) cannot be on disk yet.
+    return name in catalog and catalog.exists(name)
+
+
+def missing_inputs(pipeline: Pipeline, catalog: DataCatalog, stages: dict[str, Pipeline]) -> dict[str, list[str]]:
+    """Free inputs of ``pipeline`` that are not stored yet, each with the stages that make it.
+
+    Follows the chain upstream, so a missing model input also names the missing manifest
+    that ``roi_resize`` would need. Inputs no stage makes (the raw scans) map to ``[]``.
+    Whatever ``pipeline`` itself makes counts as there.
+    """
+    made_here = pipeline.all_outputs()
+    missing: dict[str, list[str]] = {}
+    todo = [name for name in sorted(pipeline.inputs()) if not name.startswith("params:") and name != "parameters"]
+    while todo:
+        name = todo.pop(0)
+        if name in missing or name in made_here or _is_stored(catalog, name):
+            continue
+        producers = [stage for stage, p in stages.items() if name in p.all_outputs()]
+        missing[name] = producers
+        for stage in producers:
+            todo += [n for n in sorted(stages[stage].inputs()) if not n.startswith("params:") and n != "parameters"]
+    return missing
+
+
+def _stage_order(stages: dict[str, Pipeline], wanted: set[str]) -> list[str]:
+    # A stage comes after every stage that makes one of its inputs.
+    order: list[str] = []
+    pending = set(wanted)
+    while pending:
+        ready = sorted(
+            s for s in pending
+            if not any(stages[s].inputs() & stages[o].all_outputs() for o in pending if o != s)
+        ) or sorted(pending)
+        order.append(ready[0])
+        pending.discard(ready[0])
+    return order
+
+
+def missing_inputs_message(
+    missing: dict[str, list[str]], requested: list[str], stages: dict[str, Pipeline], raw: set[str] = frozenset()
+) -> str:
+    """One readable error: what is missing, which stage makes it, and the command to run.
+    ``raw`` names the missing inputs that are raw scan folders (they get set-up advice)."""
+    lines = [f"Cannot start `kedro run --pipelines={','.join(requested)}`: inputs not made yet."]
+    for name, producers in missing.items():
+        made_by = f"made by `{'`, `'.join(producers)}`" if producers else "no pipeline makes it"
+        lines.append(f"  - {name}: {made_by}{' (raw scans)' if name in raw else ''}")
+    needed = {s for producers in missing.values() for s in producers} | {r for r in requested if r in stages}
+    if raw:
+        lines.append(
+            "Put scans in data/01_raw (class folders or a labels CSV; or generate the embedded "
+            "synthetic cohort with `python -m osteo_pipeline.cohort --out data/01_raw`), "
+            "or pass --params=raw_dir=<folder>."
+        )
+    lines.append(f"Run first, or together: kedro run --pipelines={','.join(_stage_order(stages, needed))}")
+    return "\n".join(lines)
+
+
+class CheckInputsHook:
+    """Before a run, name every missing upstream input and the pipeline that makes it.
+
+    Without this a run of ``train_cnn21`` on a fresh clone fails deep inside a node with a
+    dataset error; this says ``kedro run --pipelines=ingest,roi_resize,split_augment,train_cnn21``.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        stages = stage_pipelines()
+        missing = missing_inputs(pipeline, catalog, stages)
+        # Raw inputs alone: their dataset's own error (empty folder, expected layout) says more.
+        if any(missing.values()):
+            requested = run_params.get("pipeline_names") or ["__default__"]
+            raw = {n for n in missing if isinstance(catalog.get(n), RawFolderDataset)}
+            raise MissingInputsError(missing_inputs_message(missing, list(requested), stages, raw))
