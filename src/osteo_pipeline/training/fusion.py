@@ -31,7 +31,7 @@ from osteo_pipeline.models.fusion import (
 from osteo_pipeline.training import runtime
 from osteo_pipeline.training.data import TrainingSet, assert_no_test_scans, scale_images
 from osteo_pipeline.training.features import FeatureStreams
-from osteo_pipeline.training.loop import FitResult, ModelBuilder, ModelPool, TrainingConfig, fit_model
+from osteo_pipeline.training.loop import FitResult, ModelBuilder, fit_model
 
 FINAL = "final"  # the key of the final fit's single table
 
@@ -82,20 +82,16 @@ def fit_fusion(
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     *,
-    learning_rate: float,
-    config: TrainingConfig,
-    augmentation_policy: dict[str, Any] | None,
-    class_weights: dict[str, Any] | None = None,
-    run_name: str,
+    augmentation_policy: dict[str, Any] | None = None,
     run_params: dict[str, Any] | None = None,
-    run_tags: dict[str, str] | None = None,
     on_trained: Callable[[keras.Model], None] | None = None,
-    models: ModelPool | None = None,
+    **fit_args: Any,
 ) -> FitResult:
     """``loop.fit_model`` for the fusion head: preprocessing fitted on ``train_idx`` of the right
-    table, then one ``fit_model`` run. ``on_trained`` gets the whole network (``builder``'s, see
-    ``build_fusion_network``) with the fitted preprocessing and trained head; the head trains
-    from ``streams.head_builder``. There is nothing to augment: features are precomputed."""
+    table, then one ``fit_model`` run (``fit_args``: the rest of its keyword arguments, passed on).
+    ``on_trained`` gets the whole network (``builder``'s, see ``build_fusion_network``) with the
+    fitted preprocessing and trained head; the head trains from ``streams.head_builder``. There
+    is nothing to augment (``augmentation_policy`` is ignored): features are precomputed."""
     key = streams.key_for(train_idx, val_idx)
     table = streams.tables[key]
     fitted = fit_preprocessing(table.iloc[train_idx])  # training rows only: validation rows play no part
@@ -110,14 +106,13 @@ def fit_fusion(
 
     return fit_model(
         streams.head_builder, features, train_idx, val_idx,
-        learning_rate=learning_rate, config=config, augmentation_policy=None, class_weights=class_weights,
-        run_name=run_name,
+        augmentation_policy=None,
         run_params={
             **(run_params or {}), "image_features": f"cnn21 fold {key} model" if key != FINAL else "final cnn21",
             "covariates": ",".join(covariate_columns(streams.columns)),
             "imputed_train_values": sum(state.get("n_missing", {}).values()),
         },
-        run_tags=run_tags, on_trained=None if on_trained is None else deliver, models=models,
+        on_trained=None if on_trained is None else deliver, **fit_args,
     )
 
 
