@@ -88,6 +88,12 @@ def child_run(name: str, params: dict[str, Any], tags: dict[str, str], enabled: 
         yield run.info.run_id
 
 
+def parent_run_metrics(chosen: dict[str, float | None]) -> dict[str, dict[str, float]]:
+    """The chosen setting's CV means as ``cv_<name>`` entries for kedro-mlflow's metrics-history
+    dataset on the parent run (undefined means, e.g. AUC of one-class folds, are left out)."""
+    return {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log finite metrics to the active run (NaN, e.g. an undefined AUC, is skipped)."""
     if mlflow.active_run() is None:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
+from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.features import embedding_table
 
 MODEL_NAME = "cnn21"
@@ -52,7 +53,7 @@ def cross_validate_cnn21(
     )
     summary = {**summarise_cv(fold_metrics), "data": training_set.counts, "data_fingerprint": data_fingerprint}
     chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
-    parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+    parent_metrics = parent_run_metrics(chosen)
     return fold_metrics, summary, parent_metrics, pd.concat(features, ignore_index=True)
 
 

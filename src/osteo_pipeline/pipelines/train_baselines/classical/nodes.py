@@ -9,6 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from osteo_pipeline.models.classical import handcrafted_features
 from osteo_pipeline.training import TrainingConfig, TrainingSet
+from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.classical import cross_validate_grid, fit_final_classical, summarise_grid
 
 
@@ -47,7 +48,7 @@ def cross_validate_classical(
         "data_fingerprint": data_fingerprint,
     }
     chosen = summary["by_setting"][summary["best_setting"]]
-    parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+    parent_metrics = parent_run_metrics(chosen)
     return fold_metrics, summary, parent_metrics
 
 

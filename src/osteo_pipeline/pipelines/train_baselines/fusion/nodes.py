@@ -22,6 +22,7 @@ from osteo_pipeline.models.fusion import (
     resolve_covariates,
 )
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, summarise_cv
+from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.data import VAL_PARTITION_FOLD, assert_no_test_scans
 from osteo_pipeline.training.features import embedding_table
 from osteo_pipeline.training.fusion import FINAL, FusionStreams, export_gap, fit_fusion
@@ -144,7 +145,7 @@ def cross_validate_fusion(
         "data": training_set.counts,
         "data_fingerprint": data_fingerprint,
     })
-    parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+    parent_metrics = parent_run_metrics(chosen)
     if summary["fracture_history"]["val_auc_mean"] is not None:
         parent_metrics["cv_fracture_history_val_auc_mean"] = {"value": summary["fracture_history"]["val_auc_mean"], "step": 0}
     return fold_metrics, summary, parent_metrics

@@ -16,6 +16,7 @@ import pandas as pd
 
 from osteo_pipeline.models.backbones import build_transfer_model, load_backbone_weights, resolve_weights
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
+from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.loop import final_split
 from osteo_pipeline.training.runtime import precision_policy
 from osteo_pipeline.training.transfer import (
@@ -98,7 +99,7 @@ def cross_validate_transfer(
     summary = {**summarise_cv(fold_metrics), "pretrained": frozen.info["pretrained"],
                "data": frozen.training_set.counts, "data_fingerprint": data_fingerprint}
     chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
-    parent_metrics = {f"cv_{k}": {"value": v, "step": 0} for k, v in chosen.items() if v is not None}
+    parent_metrics = parent_run_metrics(chosen)
     return fold_metrics, summary, parent_metrics
 
 
