@@ -40,9 +40,13 @@ def make_project(root: Path) -> Path:
 
 def run_kedro(
     project: Path, pipelines: list[str], params: dict[str, Any] | None = None, env: str = "test",
-    namespaces: list[str] | None = None,
+    namespaces: list[str] | None = None, tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Run registered pipelines in-process, as `kedro run --env test --pipelines ... [--namespaces ...]` would."""
+    """Run registered pipelines in-process, as `kedro run --env test --pipelines ... [--namespaces ...]` would.
+
+    MLflow logs to the project's own ``mlflow.db``, or to ``tracking_uri`` when given (e.g. a
+    tracking server's ``http://host:port``), set as ``MLFLOW_TRACKING_URI`` as a user would.
+    """
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -51,7 +55,8 @@ def run_kedro(
     bootstrap_project(project)
     cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(project)  # relative catalog paths (data/...) resolve against the project, as on the CLI
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"  # each test project its own store
+    # each test project its own store, unless the test names one
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{project / 'mlflow.db'}"
     try:
         with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
             return session.run(pipeline_names=pipelines, namespaces=namespaces)

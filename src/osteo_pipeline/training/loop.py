@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -176,6 +177,30 @@ def _export_float32(builder: ModelBuilder, model: keras.Model) -> keras.Model:
     return twin
 
 
+def _no_empty_replicas(
+    train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, n_train: int, n_val: int, batch_size: int, replicas: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Batch the streams so that every replica gets at least one scan of every batch.
+
+    A distribution strategy splits each batch over the replicas; a last batch smaller than their
+    number leaves some replica an empty one, and TensorFlow's CPU (oneDNN) convolution fails on
+    an empty batch. Training skips such a last batch (a different one each epoch: the stream
+    reshuffles); validation, which must see every scan, takes the smallest batch size from
+    ``batch_size`` up that leaves no such remainder (inference does not depend on it).
+    """
+    if batch_size < replicas or n_val < replicas:
+        raise ValueError(f"batch size ({batch_size}) and validation set ({n_val} scans) must each be at least "
+                         f"the number of replicas in sync ({replicas})")
+    if 0 < n_train % batch_size < replicas:
+        train_ds = train_ds.take(n_train // batch_size)
+    def no_small_remainder(size: int) -> bool:
+        return n_val % size == 0 or n_val % size >= replicas
+
+    if not no_small_remainder(batch_size):  # then n_val > batch_size, and n_val itself qualifies
+        val_ds = val_ds.rebatch(next(b for b in range(batch_size + 1, n_val + 1) if no_small_remainder(b)))
+    return train_ds, val_ds
+
+
 def fit_model(
     builder: ModelBuilder,
     streams: InputStreams,
@@ -209,6 +234,9 @@ def fit_model(
     # the host, and a mirrored RNG variable cannot be updated inside tf.data.
     train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
     val_ds = streams.evaluate(val_idx)
+    if strategy.num_replicas_in_sync > 1:
+        train_ds, val_ds = _no_empty_replicas(train_ds, val_ds, len(train_idx), len(val_idx), streams.batch_size,
+                                              strategy.num_replicas_in_sync)
     model, precision = (models or ModelPool()).get(
         builder, streams.input_shape, streams.num_classes, learning_rate, config
     )
@@ -281,6 +309,7 @@ def cross_validate(
     cached activations and their phased fit. ``on_fold_trained(model, learning_rate=, fold=)``
     sees each fold's trained model (best weights), e.g. to take its image features.
     """
+    runtime.get_strategy(config.strategy)  # before the streams' first TF op: multi-worker needs that
     streams = streams or InputStreams(training_set, config.batch_size)
     folds = training_set.cv_folds
     if len(folds) < 2:
@@ -362,12 +391,16 @@ def final_fit(
     data_fingerprint: dict[str, Any] | None = None,
     streams: InputStreams | None = None,
     fit: Callable[..., FitResult] = fit_model,
+    preprocessing: dict[str, Any] | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit on the whole training partition (early stopping on a held-out patient group),
     log and register the model in MLflow; return a float32 model and a report.
 
     ``streams`` and ``fit`` as in ``cross_validate``; ``builder`` builds the whole network saved.
+    ``preprocessing`` (``serving.preprocessing_settings``): the registered model then takes raw
+    scans (``tracking.log_keras_model``).
     """
+    runtime.get_strategy(config.strategy)  # before the streams' first TF op: multi-worker needs that
     streams = streams or InputStreams(training_set, config.batch_size)
     train_idx, val_idx = final_split(training_set, config.final_val_fraction, config.seed)
     kept: dict[str, Any] = {}
@@ -375,7 +408,8 @@ def final_fit(
     def export_and_log(model: keras.Model) -> None:
         kept["model"] = _export_float32(builder, model)
         if config.track:
-            kept["model_uri"] = tracking.log_keras_model(kept["model"], training_set.class_names, config.registered_model_name)
+            kept["model_uri"] = tracking.log_keras_model(kept["model"], training_set.class_names,
+                                                         config.registered_model_name, preprocessing)
 
     result = fit(
         builder, streams, train_idx, val_idx,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import platform
@@ -19,7 +20,16 @@ logger = logging.getLogger(__name__)
 # computes in the low precision; layers pinned to float32 (softmax output) stay float32.
 _KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 PRECISIONS = (*_KERAS_POLICIES, "auto")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+# Jobs MultiWorkerMirroredStrategy trains with: "chief" (optional, worker 0 by another name) and "worker".
+_MULTI_WORKER_JOBS = ("chief", "worker")
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+)
+
+
+class ClusterConfigError(ValueError):
+    """TF_CONFIG is missing or does not describe a cluster this worker belongs to."""
 
 
 def _cpu_flags() -> set[str]:
@@ -70,6 +80,8 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
 
     ``default``: the single visible device TF picks. ``mirrored``: data-parallel over all GPUs,
     or over all logical CPU devices when there is no GPU (used to test the path on a CPU).
+    ``multi_worker_mirrored``: data-parallel over every worker listed in ``TF_CONFIG`` (all GPUs,
+    else the CPU, of each); must be created before TensorFlow runs its first op in the process.
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -77,7 +89,85 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker_mirrored":
+        return _multi_worker_strategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def cluster_from_tf_config(raw: str | None) -> dict:
+    """Check a ``TF_CONFIG`` value and return it parsed; ``ClusterConfigError`` says what is wrong.
+
+    Without TF_CONFIG TensorFlow quietly trains on this machine alone, and a malformed one fails
+    deep inside its runtime or leaves workers waiting for each other: stop at once, saying why.
+    """
+    where = f"TF_CONFIG (strategy multi_worker_mirrored; expected e.g. {_TF_CONFIG_EXAMPLE})"
+    if not raw or not raw.strip():
+        raise ClusterConfigError(f"{where}: the environment variable is not set")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ClusterConfigError(f"{where}: not valid JSON ({err}): {raw!r}") from None
+    if not isinstance(config, dict):
+        raise ClusterConfigError(f"{where}: a JSON object is needed, got {raw!r}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ClusterConfigError(f"{where}: no \"cluster\" object listing the workers")
+    for job, addresses in cluster.items():
+        if job not in _MULTI_WORKER_JOBS:
+            raise ClusterConfigError(f"{where}: cluster job {job!r} is not one of {_MULTI_WORKER_JOBS}")
+        if not isinstance(addresses, list) or not addresses:
+            raise ClusterConfigError(f"{where}: cluster job {job!r} needs a non-empty list of \"host:port\"")
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ClusterConfigError(f"{where}: {job!r} address {address!r} is not \"host:port\"")
+    if not isinstance(task, dict):
+        raise ClusterConfigError(f"{where}: no \"task\" object saying which worker this process is")
+    job, index = task.get("type"), task.get("index")
+    if job not in cluster:
+        raise ClusterConfigError(f"{where}: task type {job!r} is not a job of the cluster {sorted(cluster)}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[job]):
+        raise ClusterConfigError(
+            f"{where}: task index {index!r} is not in 0..{len(cluster[job]) - 1} for job {job!r}"
+        )
+    return config
+
+
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy taking the two ``reduce`` calls Keras 3's ``fit`` makes on it,
+    which the plain strategy refuses (keras-team/keras#20585):
+
+    - the first (x, y, weights) batch as one nested structure, only to build the model's metrics
+      from its shapes: this worker's first replica's values are returned as they are (averaging
+      them over workers would fail whenever replicas hold batches of different sizes);
+    - per step, ``axis=0`` on per-replica scalars (loss and metrics), which have no batch axis:
+      their mean over replicas is what Keras means.
+    """
+
+    def reduce(self, reduce_op, value, axis):  # noqa: D102 (tf.distribute.Strategy.reduce)
+        if isinstance(value, (tuple, list, dict)):  # TF's reduce takes no nested structures at all
+            return tf.nest.map_structure(lambda v: self.experimental_local_results(v)[0], value)
+        scalars = all(getattr(t, "shape", tf.TensorShape([])).rank == 0 for t in self.experimental_local_results(value))
+        return super().reduce(reduce_op, value, None if scalars else axis)
+
+
+def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
+    config = cluster_from_tf_config(os.environ.get("TF_CONFIG"))
+    try:
+        strategy = _MultiWorkerMirroredStrategy()
+    except RuntimeError as err:
+        # TF configures collective ops on its runtime, which exists once any op has run.
+        raise RuntimeError(
+            "strategy multi_worker_mirrored must be created before TensorFlow runs any op in the "
+            "process, but something ran TensorFlow first. Run the training pipeline on its own on "
+            "every worker (kedro run --pipelines=train_cnn21), after the data pipelines; in a script, "
+            "call osteo_pipeline.training.runtime.get_strategy('multi_worker_mirrored') first. "
+            f"TensorFlow said: {err}"
+        ) from err
+    task = config["task"]
+    logger.info("multi_worker_mirrored: %s %d of %s, %d replicas in sync", task["type"], task["index"],
+                config["cluster"], strategy.num_replicas_in_sync)
+    return strategy
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -73,8 +73,15 @@ def environment_tags(precision: str, strategy: str) -> dict[str, str]:
 
 
 def fingerprint_tags(data_fingerprint: dict[str, Any]) -> dict[str, str]:
-    """``data.manifest_sha256``, ``data.split_seed``...: which data a run saw."""
-    return {f"data.{k}": str(v) for k, v in (data_fingerprint or {}).items()}
+    """Which data a run saw: each fingerprint entry as ``data.<key>`` (``data.manifest_sha256``,
+    ``data.split_seed``, ``data.n_scans``, ``data.n_patients``) and ``data.fingerprint``, the first
+    12 characters of the manifest hash (as report.md prints it): a short column for ``mlflow ui``
+    to compare runs before and after new scans (search ``tags.`data.fingerprint` != '...'``)."""
+    fingerprint = data_fingerprint or {}
+    tags = {f"data.{k}": str(v) for k, v in fingerprint.items()}
+    if fingerprint.get("manifest_sha256"):
+        tags["data.fingerprint"] = str(fingerprint["manifest_sha256"])[:12]
+    return tags
 
 
 @contextmanager
@@ -157,11 +164,41 @@ def _project_layers(model: keras.Model) -> dict[str, type]:
     return found
 
 
-def log_keras_model(model: keras.Model, class_names: Sequence[str], registered_model_name: str | None) -> str:
+def _serving_requirements() -> list[str]:
+    """``_requirements`` plus what decodes and crops raw scans (``osteo_pipeline`` itself must be
+    installed where the model is served: its preprocessing is the pipeline's own code)."""
+    found = []
+    for name in ("pandas", "opencv-python-headless", "pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+                 "pylibjpeg-openjpeg", "pylibjpeg-rle", "mlflow"):  # the pylibjpeg plugins: compressed DICOM
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return _requirements() + found
+
+
+def log_keras_model(
+    model: keras.Model,
+    class_names: Sequence[str],
+    registered_model_name: str | None,
+    preprocessing: dict[str, Any] | None = None,
+) -> str:
     """Log ``model`` as an MLflow model (signature, input example) and register a new version.
 
-    Input: float32 images scaled to [0, 1]; output: one probability per class, in ``class_names`` order.
+    With ``preprocessing`` (``serving.preprocessing_settings``: the roi_resize settings the model's
+    inputs were made with) an image model is logged as a pyfunc that takes raw scan bytes and
+    preprocesses them with the pipeline's own code (``serving.model``): the one ``mlflow models
+    serve`` and ``osteo predict`` use. Otherwise, and for multi-input models (fusion), the plain
+    Keras model is logged: input float32 images scaled to [0, 1], output one probability per
+    class, in ``class_names`` order.
     """
+    if preprocessing is not None and not isinstance(model.input_shape, list):
+        from osteo_pipeline.serving.model import log_scan_classifier  # imports training.data: not at module level
+        from osteo_pipeline.serving.preprocessing import ScanPreprocessing
+
+        settings = ScanPreprocessing.from_params(preprocessing, size=int(model.input_shape[1]))
+        return log_scan_classifier(model, class_names, settings, registered_model_name, _serving_requirements(),
+                                   metadata={"preprocessing_code_commit": git_commit()})
     if isinstance(model.input_shape, list):  # several named inputs (fusion: image, covariates)
         shapes = {t.name: tuple(int(d) for d in t.shape[1:]) for t in model.inputs}
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), name) for name, shape in shapes.items()])

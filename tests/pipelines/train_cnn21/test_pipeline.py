@@ -80,7 +80,9 @@ def test_final_model_is_registered_with_a_signature(store, trained_cnn21_project
     latest = max(versions, key=lambda v: int(v.version))
     mlflow.set_tracking_uri(trained_cnn21_project["tracking_uri"])
     info = mlflow.models.get_model_info(f"models:/osteo-cnn21/{latest.version}")
-    assert info.signature.inputs.inputs[0].shape == (-1, 100, 100, 3)
+    # raw scan bytes in (serving.model), cropped and resized to the network's own 100 px input
+    assert info.signature.inputs.input_names() == ["image", "name"]
+    assert info.flavors["python_function"]["config"]["preprocessing"]["size"] == 100
     assert info.saved_input_example_info is not None
 
 

@@ -3,12 +3,15 @@ patient-bootstrap CIs, CNN21 against each baseline, figures, the report and its 
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 from osteo_pipeline.evaluation import figures, stats
 from osteo_pipeline.evaluation.gradcam import grad_cam, gradcam_layer, overlay
@@ -295,8 +298,8 @@ def plot_figures(
     label_scheme: str,
     params: dict[str, Any],
 ) -> tuple[Figure, Figure, Figure, Figure, Figure, dict[str, str]]:
-    """The five figures (each its own catalog entry, logged to MLflow) and the same as base64
-    PNGs for the self-contained HTML report."""
+    """The five figures (each its own versioned catalog entry, previewed by kedro-viz) and the
+    same as base64 PNGs for the self-contained HTML report."""
     classes = list(CLASS_SCHEMES[label_scheme])
     made = {
         "roc_curves": figures.roc_figure(predictions, classes, {m: v["auc"] or float("nan") for m, v in test_metrics.items()}),
@@ -307,6 +310,12 @@ def plot_figures(
     }
     encoded = {name: figures.png_base64(fig, int(params["figure_dpi"])) for name, fig in made.items()}
     return (*(made[n] for n in FIGURES), encoded)
+
+
+def report_figure_files(figures_base64: dict[str, str]) -> dict[str, Image.Image]:
+    """report.md's figures by name: the very PNGs report.html inlines. Its links cannot name the
+    run's save version, so they get an unversioned folder beside the versioned figure entries."""
+    return {name: Image.open(io.BytesIO(base64.b64decode(png))) for name, png in figures_base64.items()}
 
 
 # ----------------------------------------------------------------------------- report

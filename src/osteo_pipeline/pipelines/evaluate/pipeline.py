@@ -10,6 +10,7 @@ for that pipeline's ``*final_fit`` outputs (pipeline_registry does it for ``__de
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
@@ -22,6 +23,7 @@ from osteo_pipeline.pipelines.evaluate.nodes import (
     explain_predictions,
     plot_figures,
     predict_test_set,
+    report_figure_files,
     select_test_scans,
 )
 
@@ -41,6 +43,20 @@ def training_outputs(after: Pipeline | None) -> list[str]:
     return sorted(n for n in after.all_outputs() if n.split(".")[-1].endswith("final_fit") and n != "cnn21_final_fit")
 
 
+def _check_models_node(after: Pipeline | None) -> Node:
+    with warnings.catch_warnings():
+        # The baselines' namespaced outputs (`vgg16.final_fit`) are named on purpose: they only
+        # order this node, so Kedro's warning about dotted names in a plain node is noise here.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        return Node(
+            check_models,
+            inputs=["trained_models", "cnn21_final_fit", "data_fingerprint", "evaluation_test_set",
+                    "params:label_scheme", "params:evaluate", *training_outputs(after)],
+            outputs=["evaluation_models", "evaluation_model_status"],
+            name="check_models",
+        )
+
+
 def create_pipeline(after: Pipeline | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(
         [
@@ -50,13 +66,7 @@ def create_pipeline(after: Pipeline | None = None, **kwargs: Any) -> Pipeline:
                 outputs="evaluation_test_set",
                 name="select_test_scans",
             ),
-            Node(
-                check_models,
-                inputs=["trained_models", "cnn21_final_fit", "data_fingerprint", "evaluation_test_set",
-                        "params:label_scheme", "params:evaluate", *training_outputs(after)],
-                outputs=["evaluation_models", "evaluation_model_status"],
-                name="check_models",
-            ),
+            _check_models_node(after),
             Node(
                 predict_test_set,
                 inputs=["evaluation_models", "evaluation_test_set", "params:evaluate"],
@@ -87,6 +97,12 @@ def create_pipeline(after: Pipeline | None = None, **kwargs: Any) -> Pipeline:
                         "params:label_scheme", "params:evaluate"],
                 outputs=[*FIGURE_OUTPUTS, "report_figures_base64"],
                 name="plot_figures",
+            ),
+            Node(
+                report_figure_files,
+                inputs="report_figures_base64",
+                outputs="report_figures",
+                name="report_figure_files",
             ),
             Node(
                 build_report,

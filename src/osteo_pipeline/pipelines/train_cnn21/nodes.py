@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from osteo_pipeline.models.cnn21 import build_cnn21
+from osteo_pipeline.serving import preprocessing_settings
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
 from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.features import embedding_table
@@ -65,10 +66,14 @@ def fit_final_cnn21(
     cv_summary: dict[str, Any],
     params: dict[str, Any],
     seed: int,
+    roi_resize: dict[str, Any],
+    max_pixels: int,
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Fit CNN21 at the chosen learning rate on the whole training partition; model and report."""
+    """Fit CNN21 at the chosen learning rate on the whole training partition; model and report.
+    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings."""
     builder, config = _builder_and_config(params, seed)
     return final_fit(
         builder, training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
         augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,
+        preprocessing=preprocessing_settings(roi_resize, max_pixels),
     )

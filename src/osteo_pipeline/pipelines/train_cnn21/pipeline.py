@@ -5,6 +5,8 @@ from kedro.pipeline import Node, Pipeline
 from osteo_pipeline.pipelines.train_cnn21.nodes import cross_validate_cnn21, fit_final_cnn21, select_training_scans
 
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
+# How raw scans became model input: the registered model repeats it on raw scans (serving).
+_SERVING_PARAMS = ["params:roi_resize", "params:ingest.max_pixels"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -24,7 +26,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 fit_final_cnn21,
-                inputs=["cnn21_training_set", *_TRAINING_INPUTS, "cnn21_cv_summary", "params:train_cnn21", "params:seed"],
+                inputs=["cnn21_training_set", *_TRAINING_INPUTS, "cnn21_cv_summary", "params:train_cnn21", "params:seed",
+                        *_SERVING_PARAMS],
                 outputs=["cnn21_model", "cnn21_final_fit"],
                 name="fit_final_cnn21",
             ),

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from osteo_pipeline.models.backbones import build_transfer_model, load_backbone_weights, resolve_weights
+from osteo_pipeline.serving import preprocessing_settings
 from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
 from osteo_pipeline.training.tracking import parent_run_metrics
 from osteo_pipeline.training.loop import final_split
@@ -112,14 +113,18 @@ def fit_final_transfer(
     model: dict[str, Any],
     params: dict[str, Any],
     seed: int,
+    roi_resize: dict[str, Any],
+    max_pixels: int,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit at the chosen rate on the whole training partition; the whole float32 network and a
-    report, which also gives how far the network's own predictions are from the cached path's."""
+    report, which also gives how far the network's own predictions are from the cached path's.
+    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings."""
     config = _config(params, model, seed)
     network, report = final_fit(
         frozen.builder, frozen.training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
         augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,
         streams=TransferStreams(frozen, config.batch_size), fit=fit_phases,
+        preprocessing=preprocessing_settings(roi_resize, max_pixels),
     )
     _, val_idx = final_split(frozen.training_set, config.final_val_fraction, config.seed)
     gap = export_gap(network, frozen, val_idx, config.batch_size)

@@ -15,6 +15,8 @@ from osteo_pipeline.pipelines.train_baselines.transfer.nodes import (
 
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
 _PARAMS = ["params:model", "params:train_baselines", "params:seed"]
+# How raw scans became model input: the registered model repeats it on raw scans (serving).
+_SERVING_PARAMS = ["params:roi_resize", "params:ingest.max_pixels"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -40,7 +42,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 fit_final_transfer,
-                inputs=["frozen_activations", *_TRAINING_INPUTS, "cv_summary", *_PARAMS],
+                inputs=["frozen_activations", *_TRAINING_INPUTS, "cv_summary", *_PARAMS, *_SERVING_PARAMS],
                 outputs=["model", "final_fit"],
                 name="fit_final",
             ),

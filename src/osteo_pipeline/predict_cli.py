@@ -1,0 +1,158 @@
+"""The ``osteo`` command line: ``osteo predict SCAN... [--model URI] [--gradcam] [--json]``.
+
+It loads a registered model (``serving.model.ScanClassifier``: the pipeline's own decoding, ROI
+crop and resize in front of the network) and prints the label and class probabilities per scan.
+A scan that cannot be read gets its own error line; the others are still classified, and the
+exit code is 1 when any scan failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_MODEL = "models:/osteo-cnn21/latest"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # conf/base/mlflow.yml's default: the project's store
+GRADCAM_SUFFIX = ".gradcam.png"
+_MIN_OVERLAY_SIDE = 300  # model inputs are 150 px: enlarge the overlay so it can be read
+
+
+@dataclass
+class ScanResult:
+    """One scan's answer (or its error), as printed and as ``--json`` writes it."""
+
+    scan: str
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    roi_source: str | None = None
+    roi: list[int] | None = None
+    gradcam: str | None = None
+    error: str | None = None
+
+
+def _check_store(tracking_uri: str, model_uri: str) -> None:
+    """Stop before MLflow creates an empty SQLite store where the project's is not."""
+    if not model_uri.startswith(("models:/", "runs:/")) or not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))  # sqlite:///rel.db, sqlite:////abs/path.db
+    if not path.exists():
+        raise click.ClickException(
+            f"no MLflow store at {path.resolve()} (tracking URI {tracking_uri}): run from the project folder, "
+            "or set --tracking-uri / MLFLOW_TRACKING_URI"
+        )
+
+
+def load_classifier(model_uri: str, tracking_uri: str) -> Any:
+    """The ``ScanClassifier`` behind ``model_uri``; a ``ClickException`` saying what went wrong."""
+    _check_store(tracking_uri, model_uri)  # before the slow imports (TensorFlow)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from osteo_pipeline.serving.model import ScanClassifier
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        raise click.ClickException(f"cannot load {model_uri} from {tracking_uri}: {error}") from None
+    try:
+        classifier = model.unwrap_python_model()
+    except MlflowException:
+        classifier = None
+    if not isinstance(classifier, ScanClassifier):
+        raise click.ClickException(
+            f"{model_uri} does not take raw scans (a model logged before serving support, or not an image "
+            "model): retrain it, e.g. `kedro run --pipelines=train_cnn21`"
+        )
+    return classifier
+
+
+def classify_file(classifier: Any, path: Path, gradcam: bool) -> ScanResult:
+    """Read, preprocess and classify one scan (and write its Grad-CAM overlay)."""
+    from osteo_pipeline.imaging.decode import ScanDecodeError
+
+    result = ScanResult(scan=str(path))
+    try:
+        image, roi = classifier.prepare(path.read_bytes(), name=str(path))
+    except (OSError, ScanDecodeError) as error:
+        result.error = str(error)
+        return result
+    except Exception as error:  # noqa: BLE001 - one odd file must not stop the others
+        result.error = f"preprocessing failed: {type(error).__name__}: {error}"
+        return result
+    probabilities = classifier.probabilities(image[None])[0]
+    best = int(probabilities.argmax())
+    result.label = classifier.class_names[best]
+    result.probabilities = {c: float(p) for c, p in zip(classifier.class_names, probabilities, strict=True)}
+    result.roi_source, result.roi = roi.source, [int(v) for v in roi.box]
+    if gradcam:
+        target = path.with_name(path.name + GRADCAM_SUFFIX)
+        try:
+            write_gradcam(classifier, image, best, target)
+            result.gradcam = str(target)
+        except OSError as error:
+            result.error = f"cannot write the Grad-CAM overlay {target}: {error}"
+    return result
+
+
+def write_gradcam(classifier: Any, image: Any, class_index: int, target: Path) -> None:
+    """The Grad-CAM of ``class_index`` over the model input crop, as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from osteo_pipeline.evaluation.gradcam import grad_cam, overlay
+
+    heatmap = grad_cam(classifier.network, image[None].astype(np.float32) / 255.0, class_index)[0]
+    picture = Image.fromarray(np.round(overlay(image, heatmap) * 255).astype(np.uint8))
+    scale = max(1, -(-_MIN_OVERLAY_SIDE // min(picture.size)))
+    picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.BILINEAR).save(target)
+
+
+def format_table(results: list[ScanResult], class_names: list[str]) -> str:
+    """One aligned line per classified scan: scan, label, a probability per class, ROI source."""
+    header = ["scan", "label", *(f"p_{c}" for c in class_names), "roi"]
+    rows = [[r.scan, r.label or "", *(f"{r.probabilities[c]:.4f}" for c in class_names), r.roi_source or ""]
+            for r in results if r.error is None]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    numeric = {i for i in range(2, 2 + len(class_names))}
+    lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths, strict=True))).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+@click.group()
+def main() -> None:
+    """osteo_pipeline's command line (the pipelines themselves run with `kedro run`)."""
+
+
+@main.command()
+@click.argument("scans", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True,
+              help="MLflow model URI: models:/<name>/<version|latest>, runs:/<run>/model or a local folder.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=DEFAULT_TRACKING_URI, show_default=True,
+              help="MLflow store holding the model [env MLFLOW_TRACKING_URI].")
+@click.option("--gradcam", is_flag=True, help="Also write a Grad-CAM overlay beside each scan (<scan>.gradcam.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def predict(scans: tuple[Path, ...], model_uri: str, tracking_uri: str, gradcam: bool, as_json: bool) -> None:
+    """Classify spine DXA scans (PNG, JPEG, TIFF or DICOM) with a registered model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    classifier = load_classifier(model_uri, tracking_uri)
+    results = [classify_file(classifier, path, gradcam) for path in scans]
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        click.echo(format_table(results, classifier.class_names))
+        for r in results:
+            if r.gradcam:
+                click.echo(f"Grad-CAM: {r.gradcam}")
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        click.echo(f"osteo predict: {r.scan}: {r.error}", err=True)
+    if failed:
+        raise SystemExit(1)

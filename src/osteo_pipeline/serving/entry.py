@@ -1,0 +1,11 @@
+"""MLflow "models from code" entry of the registered image models (see ``serving.model``).
+
+MLflow copies this file into each logged model and runs it on load; it names the model class,
+so no pickled object is stored. The class itself comes from the installed ``osteo_pipeline``.
+"""
+
+import mlflow
+
+from osteo_pipeline.serving.model import ScanClassifier
+
+mlflow.models.set_model(ScanClassifier())

@@ -1,0 +1,165 @@
+"""The registered image models as MLflow pyfuncs: raw scan bytes in, label and probabilities out.
+
+Request to ``mlflow models serve`` (binary columns travel base64-encoded)::
+
+    {"dataframe_split": {"columns": ["image", "name"], "data": [["<base64 of a PNG/JPEG/TIFF/DICOM>", "a.png"]]}}
+
+``name`` is optional and only labels error messages. Response: one row per scan with ``label``,
+``p_<class>`` for every class and the ROI used (``roi_source``: ``auto`` or ``whole``, and
+``roi_x0, roi_y0, roi_x1, roi_y1`` in scan pixels). A scan that cannot be decoded (not an
+image, empty, over the pixel limit...) fails the request with HTTP 400 naming the scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+from PIL import Image
+
+from osteo_pipeline.imaging.decode import ScanDecodeError
+from osteo_pipeline.imaging.preprocess import RoiChoice
+from osteo_pipeline.serving.preprocessing import ScanPreprocessing
+from osteo_pipeline.training.data import scale_images
+
+KERAS_ARTIFACT = "keras_model"
+ENTRY = Path(__file__).with_name("entry.py")  # MLflow "models from code": the file that names the class
+ROI_COLUMNS = ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]
+
+
+def probability_column(class_name: str) -> str:
+    return f"p_{class_name}"
+
+
+class ScanClassifier(mlflow.pyfunc.PythonModel):
+    """A Keras image model behind the pipeline's own scan preprocessing (``ScanPreprocessing``)."""
+
+    network: keras.Model
+    class_names: list[str]
+    preprocessing: ScanPreprocessing
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = context.model_config or {}
+        if "class_names" not in config or "preprocessing" not in config:
+            raise MlflowException(f"model config lacks class_names/preprocessing: {sorted(config)}")
+        self.class_names = list(config["class_names"])
+        self.preprocessing = ScanPreprocessing.from_dict(config["preprocessing"])
+        self.network = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+
+    def prepare(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, RoiChoice]:
+        """One scan's uint8 model input and the ROI used; raises ``ScanDecodeError``."""
+        return self.preprocessing.model_input(data, name)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) of uint8 model inputs (N, S, S, 3), scaled as in training."""
+        return np.asarray(self.network.predict(scale_images(images), verbose=0), dtype=np.float64)
+
+    def table(self, probabilities: np.ndarray, rois: Sequence[RoiChoice]) -> pd.DataFrame:
+        """The response rows: label, one probability per class, the ROI used."""
+        frame = pd.DataFrame({"label": [self.class_names[i] for i in probabilities.argmax(axis=1)]})
+        for k, name in enumerate(self.class_names):
+            frame[probability_column(name)] = probabilities[:, k]
+        frame["roi_source"] = [roi.source for roi in rois]
+        frame[ROI_COLUMNS] = np.asarray([roi.box for roi in rois], dtype=np.int64).reshape(-1, 4)
+        return frame
+
+    # A DataFrame hint is one MLflow infers no schema from: the explicit signature (a binary
+    # column, base64 in JSON requests) stays the one the server parses requests with.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Label and probabilities per scan of a frame with an ``image`` column of raw scan bytes."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "image" not in frame.columns:
+            raise MlflowException(f"the request needs an 'image' column of scan bytes; got {list(frame.columns)}",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        if frame.empty:
+            raise MlflowException("the request holds no scans", error_code=INVALID_PARAMETER_VALUE)
+        names = frame["name"] if "name" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        images, rois, errors = [], [], []
+        for i, (data, name) in enumerate(zip(frame["image"], names, strict=True)):
+            label = name if isinstance(name, str) and name else f"scan {i}"
+            if not isinstance(data, bytes | bytearray | memoryview):
+                errors.append(f"Cannot decode {label}: expected scan bytes, got {type(data).__name__}")
+                continue
+            try:
+                image, roi = self.prepare(bytes(data), label)
+            except ScanDecodeError as error:
+                errors.append(str(error))
+                continue
+            images.append(image)
+            rois.append(roi)
+        if errors:
+            # 400, not 500: the request is at fault, and the server goes on serving.
+            raise MlflowException(f"{len(errors)} of {len(frame)} scans rejected: " + "; ".join(errors),
+                                  error_code=INVALID_PARAMETER_VALUE)
+        return self.table(self.probabilities(np.stack(images)), rois)
+
+
+def signature(class_names: Sequence[str]) -> ModelSignature:
+    """Raw scan bytes (plus an optional name) in; label, probabilities and ROI out."""
+    inputs = Schema([ColSpec("binary", "image"), ColSpec("string", "name", required=False)])
+    outputs = Schema([
+        ColSpec("string", "label"),
+        *(ColSpec("double", probability_column(c)) for c in class_names),
+        ColSpec("string", "roi_source"),
+        *(ColSpec("long", c) for c in ROI_COLUMNS),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def blank_scan_png(size: int = 32) -> bytes:
+    """A black PNG: the logged input example (patient pixels must not reach the registry)."""
+    buffer = io.BytesIO()
+    Image.new("L", (size, size)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request_body(scans: Sequence[bytes], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The JSON body ``mlflow models serve`` expects for these scans (``dataframe_split``, base64)."""
+    encoded = [base64.b64encode(s).decode("ascii") for s in scans]
+    if names is None:
+        return {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}
+    rows = [[e, n] for e, n in zip(encoded, names, strict=True)]
+    return {"dataframe_split": {"columns": ["image", "name"], "data": rows}}
+
+
+def log_scan_classifier(
+    network: keras.Model,
+    class_names: Sequence[str],
+    preprocessing: ScanPreprocessing,
+    registered_model_name: str | None,
+    pip_requirements: Sequence[str],
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Log ``network`` behind the scan preprocessing as an MLflow pyfunc (models from code, the
+    Keras file as an artifact, the settings as model config), register it; return its URI."""
+    if tuple(network.input_shape[1:3]) != (preprocessing.size, preprocessing.size):
+        raise ValueError(f"model input {network.input_shape} does not match preprocessing size {preprocessing.size}")
+    config = {"class_names": list(class_names), "preprocessing": preprocessing.to_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file = Path(tmp) / "model.keras"
+        network.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ENTRY),
+            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            model_config=config,
+            signature=signature(class_names),
+            input_example=pd.DataFrame({"image": [blank_scan_png()]}),
+            registered_model_name=registered_model_name,
+            pip_requirements=list(pip_requirements),
+            metadata={"class_names": list(class_names), "preprocessing": preprocessing.to_dict(),
+                      "input": "raw scan bytes (PNG, JPEG, TIFF or DICOM)", **(metadata or {})},
+        )
+    return info.model_uri

@@ -1,0 +1,332 @@
+"""Re-runs on new scans (osteo_pipeline.rerun) in a test-scale project copy: a first re-run
+makes the missing models, new scans dropped into the raw folder make the next re-run ingest,
+retrain and re-evaluate, and a re-run with nothing new writes nothing, in seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from osteo_testkit import REPO
+
+# What the test re-runs: CNN21 and evaluate (the baselines only add minutes, through the same code).
+PIPELINES = ["ingest", "roi_resize", "split_augment", "train_cnn21", "evaluate"]
+# CNN21 only has to train: 2 folds, 1 epoch; op determinism (process-wide) stays off in pytest.
+PARAMS = {"split": {"n_folds": 2}, "train_cnn21": {"training": {"deterministic": False, "max_epochs": 1}}}
+N_NEW = 4
+AIRFLOW = REPO / ".venv-airflow" / "bin"
+
+# Runs in .venv-airflow: one scheduled-like run of the DAG (dag.test), task states as JSON.
+DAG_RUN_SCRIPT = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils import db
+db.upgradedb()  # `airflow db migrate`: a fresh SQLite metadata db in AIRFLOW_HOME
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+(dag,) = bag.dags.values()
+run = dag.test()
+with open(sys.argv[2], "w") as out:
+    json.dump({"state": str(run.state), "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}, out)
+"""
+
+
+@contextmanager
+def in_project(root: Path) -> Iterator[None]:
+    """Inside ``root`` as `kedro run` is (relative catalog paths), with its own MLflow store."""
+    import mlflow
+
+    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        yield
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        os.chdir(cwd)
+        if uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+def drop_new_scans(raw: Path, scratch: Path) -> list[str]:
+    """Generate ``N_NEW`` scans of new patients and drop them, with their clinical and ROI rows,
+    into the raw folder under new names (as a site would add a week's scans)."""
+    from osteo_pipeline.cohort import generate_cohort
+
+    clinical = generate_cohort(scratch, seed=7, n_normal=N_NEW // 2, n_osteoporosis=N_NEW - N_NEW // 2, scale=0.25,
+                               repeat_patient_fraction=0.0, workers=1)
+    roi = pd.read_csv(scratch / "roi.csv")
+    rename = {f: f.replace("/", "/NEW_") for f in clinical["file"]}
+    for old, new in rename.items():
+        shutil.copy(scratch / old, raw / new)
+    clinical = clinical.assign(file=clinical["file"].map(rename),
+                               patient_id="NEW-" + clinical["patient_id"].astype(str))
+    clinical.to_csv(raw / "clinical.csv", mode="a", header=False, index=False)
+    roi.assign(file=roi["file"].map(rename)).to_csv(raw / "roi.csv", mode="a", header=False, index=False)
+    return sorted(rename.values())
+
+
+def versions(root: Path, relpath: str) -> list[str]:
+    """Saved versions of a versioned dataset, oldest first."""
+    return sorted(p.name for p in (root / relpath).iterdir() if p.is_dir())
+
+
+def load_version(root: Path, relpath: str, version: str) -> Path:
+    return root / relpath / version / Path(relpath).name
+
+
+def snapshot(root: Path) -> dict:
+    """Every data file (with its modification time) and every MLflow run and model version."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    return {
+        "files": {str(p.relative_to(root)): p.stat().st_mtime_ns for p in (root / "data").rglob("*") if p.is_file()},
+        "runs": sorted(r.info.run_id for r in runs),
+        "models": sorted((v.name, v.version) for v in client.search_model_versions()),
+    }
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m osteo_pipeline.rerun ARGS` (what `make rerun` runs) from the project folder."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "KEDRO_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "osteo_pipeline.rerun", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def history(prepared_project: Path, tmp_path_factory) -> dict:
+    """Three re-runs of a copy of the prepared project (ingested, no model yet): before new scans
+    (in process), after them (the command line, as `make rerun`), then with nothing new (in process)."""
+    from osteo_pipeline.rerun import rerun
+
+    base = tmp_path_factory.mktemp("rerun")
+    root = base / "project"
+    shutil.copytree(prepared_project, root)  # the shared prepared project stays as other tests expect it
+    with in_project(root):
+        first = rerun(root, env="test", pipelines=PIPELINES, runtime_params=PARAMS)
+    after_first = snapshot(root)
+    added = drop_new_scans(root / "data" / "01_raw", base / "new_scans")
+    start = time.perf_counter()
+    cli = run_cli(root, "--env", "test", "--pipelines", ",".join(PIPELINES), "--params",
+                  "split.n_folds=2,train_cnn21.training.deterministic=false,train_cnn21.training.max_epochs=1")
+    second = {"stdout": cli.stdout, "seconds": time.perf_counter() - start,
+              "session_id": versions(root, "data/02_intermediate/scan_manifest.parquet")[-1]}
+    after_second = snapshot(root)
+    with in_project(root):
+        third = rerun(root, env="test", pipelines=PIPELINES, runtime_params=PARAMS)
+    after_third = snapshot(root)
+    return {"root": root, "added": added, "first": first, "second": second, "third": third,
+            "snapshots": [after_first, after_second, after_third]}
+
+
+def parent_run(root: Path, session_id: str):
+    """kedro-mlflow's parent run of a Kedro session (it tags the run with the session id)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.run_id = '{session_id}'")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, parent
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_first_rerun_makes_what_is_missing(history):
+    first = history["first"]
+    assert first.ran and not first.plan.change
+    assert "missing or older" in first.plan.reason
+    assert {"cnn21_model", "evaluation_summary"} <= set(first.plan.stale)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_new_scans_are_ingested_into_a_new_manifest_version(history):
+    root, second = history["root"], history["second"]
+    assert f"rerun: ran {', '.join(PIPELINES)}" in second["stdout"]
+    assert f"raw scans changed since {history['first'].session_id}: {N_NEW} new scans" in second["stdout"]
+    said = next(line for line in second["stdout"].splitlines() if line.startswith("rerun: ran"))
+    assert all(f in said for f in history["added"]) and "removed" not in said and "changed scan" not in said
+    manifests = versions(root, "data/02_intermediate/scan_manifest.parquet")
+    assert manifests == [manifests[0], history["first"].session_id, second["session_id"]]  # every version kept
+    before = pd.read_parquet(load_version(root, "data/02_intermediate/scan_manifest.parquet", manifests[-2]))
+    after = pd.read_parquet(load_version(root, "data/02_intermediate/scan_manifest.parquet", manifests[-1]))
+    new_ids = {hashlib.sha256((root / "data" / "01_raw" / f).read_bytes()).hexdigest() for f in history["added"]}
+    assert new_ids <= set(after.scan_id) and not new_ids & set(before.scan_id)
+    assert len(after) == len(before) + N_NEW
+    assert set(after.loc[after.scan_id.isin(new_ids), "source"]) == set(history["added"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_new_scans_retrain_cnn21_with_runs_tagged_by_the_new_fingerprint(history):
+    root, sessions = history["root"], [history["first"].session_id, history["second"]["session_id"]]
+    assert versions(root, "data/06_models/cnn21.keras") == sessions
+    fingerprints = [json.loads(load_version(root, "data/05_model_input/data_fingerprint.json", s).read_text())
+                    for s in sessions]
+    assert fingerprints[1]["n_scans"] == fingerprints[0]["n_scans"] + N_NEW
+    assert fingerprints[1]["manifest_sha256"] != fingerprints[0]["manifest_sha256"]
+    for session_id, fingerprint in zip(sessions, fingerprints, strict=True):
+        client, parent = parent_run(root, session_id)
+        assert parent.data.tags["data.n_scans"] == str(fingerprint["n_scans"])
+        assert parent.data.tags["data.fingerprint"] == fingerprint["manifest_sha256"][:12]
+        assert "rerun.reason" in parent.data.tags
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        trained = [c for c in children if c.data.tags.get("stage") in {"cv", "final"}]
+        assert sorted(c.data.tags["stage"] for c in trained) == ["cv", "cv", "final"]  # 2 folds + final fit
+        for child in trained:
+            assert child.data.tags["data.manifest_sha256"] == fingerprint["manifest_sha256"]
+            assert child.data.tags["data.n_scans"] == str(fingerprint["n_scans"])
+    assert history["first"].mlflow_run_id == parent_run(root, sessions[0])[1].info.run_id
+    registered = client.search_model_versions("name='osteo-cnn21'")
+    # two versions; the new one comes from the final fit on the new scans
+    assert sorted((int(v.version), v.run_id in {c.info.run_id for c in trained}) for v in registered) == [
+        (1, False), (2, True)]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_new_scans_are_evaluated(history):
+    root, sessions = history["root"], [history["first"].session_id, history["second"]["session_id"]]
+    assert versions(root, "data/08_reporting/evaluation_summary.json") == sessions
+    summary = json.loads(load_version(root, "data/08_reporting/evaluation_summary.json", sessions[1]).read_text())
+    fingerprint = json.loads(load_version(root, "data/05_model_input/data_fingerprint.json", sessions[1]).read_text())
+    assert summary["data_fingerprint"] == fingerprint
+    predictions = pd.read_csv(load_version(root, "data/08_reporting/test_predictions.csv", sessions[1]))
+    split = pd.read_csv(load_version(root, "data/05_model_input/split_table.csv", sessions[1]))
+    assert set(predictions.scan_id) <= set(split.scan_id[split.partition == "test"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_nothing_new_writes_nothing_and_takes_seconds(history):
+    third = history["third"]
+    _, after_second, after_third = history["snapshots"]
+    assert not third.ran and not third.plan.needed
+    assert "no new or changed scans" in third.plan.reason and "nothing to do" in third.plan.reason
+    for what in ("files", "runs", "models"):  # no file written or touched, no MLflow run, no model version
+        assert after_third[what] == after_second[what], what
+    assert third.seconds < 15, f"a re-run with nothing new took {third.seconds:.1f} s"
+    print(f"no-op re-run: {third.seconds:.2f} s in process; the CLI re-run with new scans: "
+          f"{history['second']['seconds']:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kedro_project")
+def test_scheduled_airflow_run_with_nothing_new_skips_every_task(history):
+    """The DAG template of airflow/dags/, generated for train_cnn21 in the test env, run once by a
+    real Airflow: its first task finds no new scan and skips, so the training task is skipped too."""
+    from kedro.framework.startup import bootstrap_project
+    from kedro_airflow.plugin import create
+
+    if not (AIRFLOW / "python").exists():
+        pytest.skip(f"NO AIRFLOW: {AIRFLOW / 'python'} is missing, the DAG was not run; run `make airflow-venv`")
+    root = history["root"]
+    home, dags = root.parent / "airflow_home", root.parent / "dags"
+    with in_project(root):
+        create.main(["--env", "test", "--pipelines", "train_cnn21", "--group-by", "memory", "--jinja-file",
+                     str(REPO / "airflow" / "dag_template.j2"), "--target-dir", str(dags)],
+                    obj=bootstrap_project(root), standalone_mode=False)
+    before = snapshot(root)
+    (home / "run.py").parent.mkdir(exist_ok=True)
+    (home / "run.py").write_text(DAG_RUN_SCRIPT)
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "OSTEO_PIPELINE_PROJECT": str(root),
+           "OSTEO_PIPELINE_PYTHON": sys.executable, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    start = time.perf_counter()
+    done = subprocess.run([str(AIRFLOW / "python"), str(home / "run.py"), str(dags), str(home / "run.json")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    result = json.loads((home / "run.json").read_text())
+    assert result == {"state": "success", "tasks": {"check_new_scans": "skipped", "train_cnn21": "skipped"}}
+    assert "check_new_scans: no new or changed scans" in done.stdout + done.stderr
+    after = snapshot(root)
+    for what in ("files", "runs", "models"):
+        assert after[what] == before[what], what
+    print(f"Airflow run with nothing new: {time.perf_counter() - start:.1f} s (new metadata db + dag.test)")
+
+
+def _manifest(**changes) -> pd.DataFrame:
+    rows = pd.DataFrame({
+        "scan_id": ["a" * 64, "b" * 64, "c" * 64], "source": ["normal/a.png", "normal/b.png", "osteoporosis/c.png"],
+        "patient_id": ["pt-1", "pt-2", "pt-3"], "label": ["normal", "normal", "osteoporosis"],
+        "width": np.array([100, 120, 110], dtype="int64"), "age": [61.0, np.nan, 70.0],
+        "roi_x0": [np.nan, 3.0, 4.0],
+    })
+    for column, values in changes.items():
+        rows[column] = values
+    return rows
+
+
+def test_compare_manifests_sees_added_removed_and_changed_scans():
+    from osteo_pipeline.rerun import compare_manifests
+
+    before = pd.read_parquet(io.BytesIO(_manifest().to_parquet()))  # as the catalog loads it
+    assert not compare_manifests(before, _manifest())  # NaNs, ints and floats survive the round trip
+    relabelled = _manifest(label=["normal", "osteoporosis", "osteoporosis"])
+    assert compare_manifests(before, relabelled).changed == ("normal/b.png",)
+    grown = pd.concat([_manifest().iloc[1:], _manifest(scan_id=["d" * 64] * 3, source=["normal/d.png"] * 3).iloc[:1]])
+    change = compare_manifests(before, grown)
+    assert change.added == ("normal/d.png",) and change.removed == ("normal/a.png",) and not change.changed
+    assert "1 new scan (normal/d.png)" in change.describe() and "1 removed scan" in change.describe()
+    assert compare_manifests(None, _manifest()).added == ("normal/a.png", "normal/b.png", "osteoporosis/c.png")
+    assert compare_manifests(before, _manifest().drop(columns="age")).columns == ("age",)
+
+
+def test_stale_outputs_are_missing_or_older_than_the_manifest_they_come_from(tmp_path):
+    """A scan-independent output older than the manifest is fine (in the Airflow DAG the policy's
+    task may run before ingest's); one made from the manifest but older than it is stale."""
+    from kedro.io import DataCatalog, Version
+    from kedro.pipeline import Node, Pipeline
+    from kedro_datasets.json import JSONDataset
+
+    from osteo_pipeline.rerun import stale_outputs
+
+    day = "2026-01-0{}T00.00.00.000Z".format
+
+    def dataset(name: str, saved: str | None = None, versioned: bool = True) -> JSONDataset:
+        path = str(tmp_path / f"{name}.json")
+        if saved:
+            JSONDataset(filepath=path, version=Version(None, saved)).save({})
+        return JSONDataset(filepath=path, version=Version(None, None) if versioned else None)
+
+    catalog = DataCatalog({"policy": dataset("policy", day(1)), "model": dataset("model", day(3)),
+                           "old_model": dataset("old_model", day(1)), "never_made": dataset("never_made"),
+                           "report": dataset("report", versioned=False)})
+    def make(*_):
+        return {}
+
+    pipeline = Pipeline([Node(make, None, "policy")]
+                        + [Node(make, "manifest", name) for name in ("model", "old_model", "never_made", "report")])
+    from_manifest = {"model", "old_model", "never_made", "report"}
+    assert stale_outputs(catalog, pipeline, day(2), from_manifest) == ["never_made", "old_model"]
+    assert stale_outputs(catalog, pipeline, day(1), from_manifest) == ["never_made"]
+
+
+def test_make_rerun_runs_the_module():
+    done = subprocess.run(["make", "-n", "rerun", "ENV=test"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert ".venv/bin/python -m osteo_pipeline.rerun --env test" in done.stdout
