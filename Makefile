@@ -30,7 +30,9 @@ cohort: install  ## the synthetic spine DXA cohort (paper 1, Table 2), only if t
 	else echo "cohort: $(RAW_DIR) already holds scans, leaving it as it is"; fi
 
 test: install airflow-venv  ## the whole test suite (test-scale Kedro environment, real code paths)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	@# loadfile: a module's tests share one worker, so its module-scoped fixtures (a trained project,
+	@# a server) are built once (xdist_group marks went unhonoured with pytest 9.2 + pytest-xdist 3.8).
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 lock:  ## refresh constraints.txt from the current virtualenv
 	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^osteo'; } > constraints.new && mv constraints.new constraints.txt

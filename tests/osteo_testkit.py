@@ -8,7 +8,14 @@ and mlflow.db are never touched.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,38 +45,47 @@ def make_project(root: Path) -> Path:
     return root
 
 
+@contextmanager
+def in_project(project: Path, tracking_uri: str | None = None) -> Iterator[None]:
+    """Inside ``project`` as `kedro run` is (relative catalog paths resolve against it), with
+    its own MLflow store unless ``tracking_uri`` names one; the caller's state comes back after."""
+    import mlflow
+    import mlflow.tracking.fluent
+
+    cwd = os.getcwd()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    os.chdir(project)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{project / 'mlflow.db'}"
+    try:
+        yield
+    finally:
+        # `kedro run` is one session per process; several in one process (as here) must not
+        # share kedro-mlflow's still-active parent run, nor the experiment it set (an id in
+        # this project's store, which mlflow.set_experiment also exports as MLFLOW_EXPERIMENT_ID).
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.tracking.fluent._active_experiment_id = None
+        os.chdir(cwd)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_kedro(
     project: Path, pipelines: list[str], params: dict[str, Any] | None = None, env: str = "test",
     namespaces: list[str] | None = None, tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Run registered pipelines in-process, as `kedro run --env test --pipelines ... [--namespaces ...]` would.
-
-    MLflow logs to the project's own ``mlflow.db``, or to ``tracking_uri`` when given (e.g. a
-    tracking server's ``http://host:port``), set as ``MLFLOW_TRACKING_URI`` as a user would.
-    """
+    """Run registered pipelines in-process, as `kedro run --env test --pipelines ... [--namespaces ...]`
+    would; MLflow goes to the project's own store, or to ``tracking_uri`` (a server)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    import mlflow
-
     bootstrap_project(project)
-    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(project)  # relative catalog paths (data/...) resolve against the project, as on the CLI
-    # each test project its own store, unless the test names one
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{project / 'mlflow.db'}"
-    try:
+    with in_project(project, tracking_uri):
         with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
             return session.run(pipeline_names=pipelines, namespaces=namespaces)
-    finally:
-        # `kedro run` is one session per process; several in one process (as here) must not
-        # share kedro-mlflow's still-active parent run.
-        while mlflow.active_run():
-            mlflow.end_run()
-        os.chdir(cwd)
-        if uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 @contextmanager
@@ -87,3 +103,65 @@ def project_catalog(project: Path, env: str = "test") -> Iterator[Any]:
             yield session.load_context().catalog
     finally:
         os.chdir(cwd)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 below 49152 (kedro-viz refuses the ephemeral range port 0 gives)."""
+    for port in random.Random().sample(range(20_000, 49_000), 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 in 20000-49000")
+
+
+def http_status(url: str, timeout: float = 30) -> int:
+    """The HTTP status of a GET (error statuses too); raises OSError when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@contextmanager
+def server_process(
+    command: list[str], ready_url: str, log: Path, *, cwd: Path, env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> Iterator[subprocess.Popen]:
+    """Start a server as its users do, wait until ``ready_url`` answers 200, stop it afterwards.
+
+    It gets its own session, so teardown stops it and every worker it started, nothing else; a
+    server that exits or never answers fails the test with the tail of its log.
+    """
+    import pytest
+
+    name = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(command[:3]))
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"`{name}` exited with code {server.returncode}; its log ({log}):\n{log.read_text()[-3000:]}")
+            try:
+                if http_status(ready_url, timeout=5) == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"`{name}` did not answer {ready_url} within {timeout_s:.0f} s; its log ({log}):\n"
+                            f"{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -12,15 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from osteo_testkit import REPO
+from osteo_testkit import REPO, in_project
 
 # What the test re-runs: CNN21 and evaluate (the baselines only add minutes, through the same code).
 PIPELINES = ["ingest", "roi_resize", "split_augment", "train_cnn21", "evaluate"]
@@ -42,26 +40,6 @@ run = dag.test()
 with open(sys.argv[2], "w") as out:
     json.dump({"state": str(run.state), "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}, out)
 """
-
-
-@contextmanager
-def in_project(root: Path) -> Iterator[None]:
-    """Inside ``root`` as `kedro run` is (relative catalog paths), with its own MLflow store."""
-    import mlflow
-
-    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(root)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    try:
-        yield
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        os.chdir(cwd)
-        if uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 def drop_new_scans(raw: Path, scratch: Path) -> list[str]:
@@ -153,7 +131,6 @@ def parent_run(root: Path, session_id: str):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_first_rerun_makes_what_is_missing(history):
     first = history["first"]
     assert first.ran and not first.plan.change
@@ -162,7 +139,6 @@ def test_first_rerun_makes_what_is_missing(history):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_new_scans_are_ingested_into_a_new_manifest_version(history):
     root, second = history["root"], history["second"]
     assert f"rerun: ran {', '.join(PIPELINES)}" in second["stdout"]
@@ -180,7 +156,6 @@ def test_new_scans_are_ingested_into_a_new_manifest_version(history):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_new_scans_retrain_cnn21_with_runs_tagged_by_the_new_fingerprint(history):
     root, sessions = history["root"], [history["first"].session_id, history["second"]["session_id"]]
     assert versions(root, "data/06_models/cnn21.keras") == sessions
@@ -208,7 +183,6 @@ def test_new_scans_retrain_cnn21_with_runs_tagged_by_the_new_fingerprint(history
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_new_scans_are_evaluated(history):
     root, sessions = history["root"], [history["first"].session_id, history["second"]["session_id"]]
     assert versions(root, "data/08_reporting/evaluation_summary.json") == sessions
@@ -221,7 +195,6 @@ def test_new_scans_are_evaluated(history):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_nothing_new_writes_nothing_and_takes_seconds(history):
     third = history["third"]
     _, after_second, after_third = history["snapshots"]
@@ -235,7 +208,6 @@ def test_nothing_new_writes_nothing_and_takes_seconds(history):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kedro_project")
 def test_scheduled_airflow_run_with_nothing_new_skips_every_task(history):
     """The DAG template of airflow/dags/, generated for train_cnn21 in the test env, run once by a
     real Airflow: its first task finds no new scan and skips, so the training task is skipped too."""

@@ -8,12 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -22,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from osteo_testkit import run_kedro
+from osteo_testkit import free_port, run_kedro, server_process
 
-# Shares the session's prepared project with the other Kedro-project tests on one xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kedro_project")]
+pytestmark = pytest.mark.slow
 
 # Folds and the final fit only have to exist: one epoch; op determinism (process-wide) stays off here.
 CNN21_PARAMS = {"train_cnn21": {"training": {"deterministic": False, "max_epochs": 1}}}
@@ -33,43 +27,10 @@ N_FOLDS = 3  # conf/test/parameters_split_augment.yml
 START_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rest(url: str, path: str, **query: str) -> Any:
     """GET one MLflow REST endpoint and decode its JSON."""
     with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(query)}", timeout=30) as response:
         return json.load(response)
-
-
-def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"`mlflow server` exited with code {server.returncode}; its log ({log}):\n"
-                        f"{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"`mlflow server` did not answer {url}/health within {START_TIMEOUT_S} s; its log ({log}):\n"
-                f"{log.read_text()[-3000:]}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its worker processes
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +43,13 @@ def tracking_server(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """
     base = tmp_path_factory.mktemp("tracking_server")
     store, artifacts, log = base / "mlflow.db", base / "artifacts", base / "server.log"
-    port = _free_port()
+    port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=base, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_serving(url, server, log)
+    with server_process(command, f"{url}/health", log, cwd=base, timeout_s=START_TIMEOUT_S):
         yield {"url": url, "store": store, "artifacts": artifacts, "log": log}
-    finally:
-        _stop(server)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from osteo_testkit import make_project, project_catalog
+from osteo_testkit import free_port, make_project, project_catalog, server_process
 
-# One server for the module: keep its tests on one xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kedro_viz")]
+pytestmark = pytest.mark.slow
 
 LAYERS = ["raw", "intermediate", "model_input", "models", "reporting"]
 BASELINES = {"vgg16", "vgg19", "resnet50", "inceptionv3", "svm", "random_forest", "fusion"}
@@ -37,46 +30,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 START_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    """A free port below 49152: kedro-viz refuses the ephemeral range that port 0 would give."""
-    for port in random.Random().sample(range(20_000, 49_000), 50):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free TCP port on 127.0.0.1 in 20000-49000")
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.load(response)
-
-
-def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"`kedro viz run` exited with code {server.returncode}; its log ({log}):\n"
-                        f"{log.read_text()[-3000:]}")
-        try:
-            _get_json(f"{url}/api/main")
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    pytest.fail(f"`kedro viz run` did not answer {url}/api/main within {START_TIMEOUT_S} s; its log ({log}):\n"
-                f"{log.read_text()[-3000:]}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: uvicorn and any child it started
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -102,22 +58,14 @@ def viz(tmp_path_factory) -> Iterator[dict[str, Any]]:
     figure_dir = project / "data" / "08_reporting" / "evaluate_figures" / "roc_curves.png"
     figure_files = sorted(figure_dir.glob("*/roc_curves.png"))
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = project / "kedro-viz.log"
     kedro = Path(sys.executable).with_name("kedro")  # this virtualenv's, as `kedro viz run` on the PATH
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [str(kedro), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"],
-            cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    try:
-        _wait_until_serving(url, server, log)
+    with server_process([str(kedro), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"],
+                        f"{url}/api/main", project / "kedro-viz.log", cwd=project,
+                        env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, timeout_s=START_TIMEOUT_S):
         yield {"url": url, "registered": registered, "declared": declared, "figure_files": figure_files,
                "main": _get_json(f"{url}/api/main")}
-    finally:
-        _stop(server)
 
 
 # ---------------------------------------------------------------- REST API

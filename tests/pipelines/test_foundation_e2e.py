@@ -15,8 +15,6 @@ import pytest
 
 from osteo_testkit import KNEE, make_project, run_kedro
 
-pytestmark = pytest.mark.xdist_group("kedro_project")
-
 
 def latest(path: Path) -> Path:
     """The newest version of a versioned dataset (``<file>/<timestamp>/<file>``)."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kedro_project")]
+pytestmark = pytest.mark.slow
 
 OSTEO = Path(sys.executable).parent / "osteo"  # console script of `pip install -e .`
 

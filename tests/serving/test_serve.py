@@ -6,12 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -24,17 +20,12 @@ import pytest
 
 from osteo_pipeline.imaging.decode import decode_scan
 from osteo_pipeline.serving.model import request_body
+from osteo_testkit import free_port, server_process
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kedro_project")]
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
 START_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body: bytes | dict | None = None) -> tuple[int, dict]:
@@ -56,35 +47,12 @@ def server(served_project: dict, tmp_path_factory) -> Iterator[str]:
     bin_dir = Path(sys.executable).parent  # the virtualenv, as after `source .venv/bin/activate`
     env = {**os.environ, "MLFLOW_TRACKING_URI": served_project["tracking_uri"],
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/osteo-cnn21/latest",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with log_path.open("wb") as log:
-        # Its own process group: teardown stops mlflow and the uvicorn it starts, nothing else.
-        process = subprocess.Popen(command, env=env, cwd=served_project["root"], stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                if call(f"{url}/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping answer in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with server_process(command, f"{url}/ping", tmp_path_factory.mktemp("serve") / "serve.log",
+                        cwd=served_project["root"], env=env, timeout_s=START_TIMEOUT_S):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def as_dicom(data: bytes) -> bytes:

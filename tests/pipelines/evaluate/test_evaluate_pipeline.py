@@ -13,7 +13,7 @@ import pytest
 
 from osteo_testkit import REPO, run_kedro
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kedro_project")]
+pytestmark = pytest.mark.slow
 
 # CNN21 only has to exist: one epoch, op determinism (process-wide) left off in the pytest process
 CNN21_PARAMS = {"train_cnn21": {"training": {"deterministic": False, "max_epochs": 1}}}
@@ -35,8 +35,6 @@ def project(prepared_project: Path, tmp_path_factory) -> dict:
     run_kedro(root, ["train_cnn21"], params=CNN21_PARAMS)
     run_kedro(root, ["evaluate"])
     return {"root": root, "before_training": str(before_training.value)}
-
-
 
 
 def test_evaluate_before_any_training_names_train_cnn21(project):

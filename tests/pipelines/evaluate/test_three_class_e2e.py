@@ -12,7 +12,7 @@ import pytest
 
 from osteo_testkit import TEST_COHORT, make_project, run_kedro
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("three_class")]
+pytestmark = pytest.mark.slow
 
 THREE = {"label_scheme": "three_class"}
 CLASSES = ["normal", "osteopenia", "osteoporosis"]

@@ -19,7 +19,6 @@ from mlflow import MlflowClient
 
 from osteo_testkit import REPO, run_kedro
 
-pytestmark = pytest.mark.xdist_group("kedro_project")
 
 CLASSICAL = ("svm", "random_forest")
 # cnn21_fold_metrics.csv's columns, with the grid point ("setting") where CNN21 has its learning rate

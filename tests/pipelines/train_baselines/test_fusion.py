@@ -26,7 +26,6 @@ from osteo_pipeline.training import select_training_set
 from osteo_pipeline.training.features import embedding_model, embedding_table
 from osteo_testkit import project_catalog, run_kedro
 
-pytestmark = pytest.mark.xdist_group("kedro_project")
 
 FOLD_COLUMNS = ["model", "learning_rate", "fold", "n_train", "n_val", "accuracy", "precision", "recall", "specificity",
                 "f1", "auc", "loss", "best_epoch", "epochs_run", "train_seconds", "mlflow_run_id"]

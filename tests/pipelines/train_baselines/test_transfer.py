@@ -15,7 +15,6 @@ import yaml
 
 from osteo_testkit import REPO, make_project, run_kedro
 
-pytestmark = pytest.mark.xdist_group("kedro_project")
 
 TRANSFER = ("vgg16", "vgg19", "resnet50", "inceptionv3")
 SHARED_INPUTS = {"model_input_300", "split_table", "augmentation_policy", "class_weights", "data_fingerprint"}
