@@ -96,13 +96,8 @@ def project_catalog(project: Path, env: str = "test") -> Iterator[Any]:
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        with KedroSession.create(project_path=project, env=env) as session:
-            yield session.load_context().catalog
-    finally:
-        os.chdir(cwd)
+    with in_project(project), KedroSession.create(project_path=project, env=env) as session:
+        yield session.load_context().catalog
 
 
 def free_port() -> int:

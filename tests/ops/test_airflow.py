@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from osteo_testkit import REPO, make_project
+from osteo_testkit import REPO, in_project, make_project
 
 DAG_FILE = REPO / "airflow" / "dags" / "osteo_pipeline_dag.py"
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
@@ -63,10 +63,7 @@ def kedro_side(tmp_path_factory) -> dict:
 
     root = make_project(tmp_path_factory.mktemp("airflow") / "project")
     target = root.parent / "dags"
-    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(root)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    try:
+    with in_project(root):
         metadata = bootstrap_project(root)
         pipelines.set_requested(None)  # every pipeline, whatever an earlier test in this process asked for
         with KedroSession.create(project_path=root) as session:
@@ -76,12 +73,6 @@ def kedro_side(tmp_path_factory) -> dict:
         # `make airflow-dag`, i.e. `kedro airflow create ...`, through the plugin's own command
         create.main(["--group-by", "memory", "--jinja-file", str(REPO / "airflow" / "dag_template.j2"),
                      "--target-dir", str(target)], obj=metadata, standalone_mode=False)
-    finally:
-        os.chdir(cwd)
-        if uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
     by_name = {g.name: frozenset(g.nodes) for g in groups}
     return {
         "groups": {frozenset(g.nodes): frozenset(by_name[d] for d in g.dependencies) for g in groups},

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from osteo_testkit import in_project
+
 REPO = Path(__file__).resolve().parents[3]
 SIZE = 100  # CNN21 needs >= 98 px; small keeps the test fast
 N_FOLDS = 2
@@ -94,10 +96,7 @@ def trained_cnn21_project(tmp_path_factory) -> dict:
     model_input, split_table = fake_model_inputs()
     class_weights = {"binary": {"normal": 1.0, "osteoporosis": 1.0},
                      "three_class": {"normal": 1.0, "osteopenia": 1.0, "osteoporosis": 1.0}}
-    old_env, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    os.chdir(root)
-    try:
+    with in_project(root, tracking_uri):
         bootstrap_project(root)
         with KedroSession.create(project_path=root, env="test") as session:
             catalog = session.load_context().catalog
@@ -106,12 +105,6 @@ def trained_cnn21_project(tmp_path_factory) -> dict:
                 "class_weights": class_weights, "data_fingerprint": {**FINGERPRINT, "n_scans": len(split_table)},
             }.items():
                 catalog.save(name, data)
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
     script = root / "run_twice.py"
     script.write_text(RUN_TWICE)
     done = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True,
