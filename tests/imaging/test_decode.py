@@ -309,3 +309,92 @@ def test_dicom_identifying_tags_never_leave_the_decoder(caplog, recwarn):
     for text in texts:
         for value in PHI_STRINGS:
             assert value not in text
+
+
+# ------------------------------------------------------------------ issue 11: DICOM without preamble
+
+
+def _dicom_without_preamble(implicit: bool) -> bytes:
+    """A bare data set (no preamble, no "DICM", no file meta), as older scanners write."""
+    ds = make_dicom(GRAY12)
+    del ds.file_meta
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _dicom_without_preamble(True), lambda: _dicom_without_preamble(False),
+     lambda: dicom_bytes(make_dicom(GRAY12))[132:]],  # preamble and "DICM" cut off, file meta kept
+    ids=["implicit-vr", "explicit-vr", "stripped-132-bytes"],
+)
+def test_dicom_without_the_128_byte_preamble_is_read(make):
+    data = make()
+    assert data[128:132] != b"DICM" and data[:2] in (b"\x02\x00", b"\x08\x00")
+    scan = decode_scan(data, "no_preamble.dcm")
+    assert scan.format == "dicom" and scan.bit_depth == 12
+    np.testing.assert_array_equal(scan.pixels, GRAY12)
+
+
+def test_unreadable_dicom_without_preamble_is_named_as_such_not_not_an_image():
+    data = _dicom_without_preamble(False)
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    cut = data[: data.index(b"\xe0\x7f\x10\x00")]  # everything before the pixel data element
+    assert ds.Rows
+    for bad in (cut, b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + bytes(7)):
+        with pytest.raises(ScanDecodeError) as err:
+            decode_scan(bad, "raw.dcm")
+        assert err.value.code == "corrupt" and "DICOM without the 128-byte preamble" in err.value.reason
+        assert "not an image" not in str(err.value)
+
+
+# ------------------------------------------------------------------ issue 11: a broken install is not a bad file
+
+
+@pytest.mark.parametrize(
+    ("target", "data"),
+    [
+        ("osteo_pipeline.imaging.decode.cv2.imdecode", lambda: encode(GRAY8, ".png")),
+        ("osteo_pipeline.imaging.decode.Image.open", lambda: encode(GRAY8, ".png")),
+        ("osteo_pipeline.imaging.decode.pydicom.dcmread", lambda: dicom_bytes(make_dicom(GRAY12))),
+    ],
+    ids=["opencv", "pillow", "pydicom"],
+)
+def test_an_import_error_inside_decoding_propagates(monkeypatch, target, data):
+    payload = data()
+
+    def broken(*args, **kwargs):
+        raise ImportError("libfoo.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(target, broken)
+    with pytest.raises(ImportError, match="libfoo"):
+        decode_scan(payload, "fine.png")
+
+
+def test_a_missing_pixel_data_plugin_stops_with_the_install_problem(monkeypatch):
+    ds = make_dicom(GRAY12)
+    ds.compress(RLELossless)
+    data = dicom_bytes(ds)
+    assert decode_scan(data, "rle.dcm").width == GRAY12.shape[1]
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["pylibjpeg - requires numpy and pylibjpeg-rle"]
+
+    monkeypatch.setattr("osteo_pipeline.imaging.decode.get_decoder", lambda syntax: Unavailable())
+    with pytest.raises(RuntimeError, match="install is incomplete") as err:
+        decode_scan(data, "rle.dcm")
+    assert not isinstance(err.value, ScanDecodeError) and "RLE Lossless" in str(err.value)
+
+
+# ------------------------------------------------------------------ issue 11: the bomb message
+
+
+def test_bomb_rejection_names_the_size_and_the_parameter():
+    for side, limit in ((10_000, 50_000_000), (60_000, 50_000_000), (300, 1000)):
+        with pytest.raises(ScanDecodeError) as err:
+            decode_scan(png_header_only(side, side), "bomb.png", max_pixels=limit)
+        assert err.value.reason == (
+            f"{side}x{side} pixels ({side * side}) exceed ingest.max_pixels = {limit}; "
+            "raise it in conf/base/parameters_ingest.yml if this scan is genuine")

@@ -75,10 +75,10 @@ def test_knee_xrays_ingest_and_roi_resize(tmp_path: Path):
     report = json.loads((project / "data/08_reporting/ingest_report.json").read_text())
     assert report["duplicate_groups"] and report["conflict_groups"]
     manifest = pd.read_parquet(latest(project / "data/02_intermediate/scan_manifest.parquet"))
-    conflicted = {f for g in report["conflict_groups"] for f in g["files"]}
-    assert conflicted and not conflicted & set(manifest.source)  # every conflicting copy excluded
-    dropped = {f for g in report["duplicate_groups"] for f in g["files"] if f != g["kept"]}
-    assert dropped and not dropped & set(manifest.source)  # duplicates kept once
+    conflicted = {f for g in report["conflict_groups"] for f in g["file_refs"]}
+    assert conflicted and not conflicted & set(manifest.file_ref)  # every conflicting copy excluded
+    dropped = {f for g in report["duplicate_groups"] for f in g["file_refs"] if f != g["kept"]}
+    assert dropped and not dropped & set(manifest.file_ref)  # duplicates kept once
     small = joblib.load(latest(project / "data/05_model_input/model_input_150.joblib"))
     assert len(small["scan_id"]) == len(manifest)  # no roi.csv: detection or whole-image fallback, never a crash
     roi = pd.read_csv(project / "data/08_reporting/roi_table.csv")

@@ -15,6 +15,23 @@ import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_filepath_str, get_protocol_and_path
 
 
+class RawReadError(DatasetError):
+    """A raw file or folder the system refuses to read. ``str()`` names the path (for the
+    console of whoever runs it); ``reason`` and ``code`` name no path (for reports)."""
+
+    def __init__(self, path: str, reason: str, code: str = "unreadable"):
+        super().__init__(f"Cannot read {path}: {reason}")
+        self.path, self.reason, self.code = path, reason, code
+
+    def __reduce__(self):  # picklable, e.g. across ParallelRunner processes
+        return type(self), (self.path, self.reason, self.code)
+
+
+def os_reason(err: OSError) -> str:
+    """'permission denied', 'is a directory'...: the system's words, without the path."""
+    return err.strerror.lower() if err.strerror else type(err).__name__
+
+
 class RawBytesDataset(AbstractDataset[None, bytes]):
     """Loads a file's bytes; refuses to save (raw data is never modified)."""
 
@@ -26,8 +43,12 @@ class RawBytesDataset(AbstractDataset[None, bytes]):
         self.metadata = metadata
 
     def load(self) -> bytes:
-        with self._fs.open(get_filepath_str(self._filepath, self._protocol), "rb") as f:
-            return f.read()
+        path = get_filepath_str(self._filepath, self._protocol)
+        try:
+            with self._fs.open(path, "rb") as f:
+                return f.read()
+        except OSError as err:  # the file's problem (permission, vanished, a loop of links...)
+            raise RawReadError(path, os_reason(err)) from None
 
     def save(self, data: bytes) -> None:
         raise DatasetError(f"Refusing to write raw data at {self._filepath}: raw scans are read-only.")

@@ -1,13 +1,17 @@
 """Decode one scan (PNG, JPEG, TIFF or DICOM) from its bytes into a grayscale array.
 
 Works on bytes alone, so the ingest pipeline and the serving endpoint share it. Every
-failure is a ``ScanDecodeError`` naming the file and the problem; DICOM
-patient-identifying tags are never read, so they cannot leak into results, errors or logs.
+failure caused by the file is a ``ScanDecodeError`` naming the file and the problem; any
+other exception (an ImportError or a missing pixel-data plugin from a broken install, a
+MemoryError) propagates, so a broken environment stops the run instead of turning every
+scan into a "corrupt" one. DICOM patient-identifying tags are never read, so they cannot
+leak into results, errors or logs.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +21,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Reason codes carried by ScanDecodeError.code (the ingest report counts exclusions by them).
 EMPTY = "empty_file"
@@ -44,6 +50,13 @@ _OTHER_IMAGE_SIGNATURES = {
     b"\x76\x2f\x31\x01": "OpenEXR",
 }
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+# What parsers raise on bad bytes. Anything else (ImportError, MemoryError, AttributeError
+# from a broken install...) is not the file's fault and must stop the run.
+_BAD_FILE_ERRORS = (ValueError, OSError, SyntaxError, struct.error, EOFError, LookupError, ArithmeticError,
+                    TypeError, InvalidDicomError, cv2.error)
+# A DICOM data set written without the 128-byte preamble and "DICM" (older scanners, raw
+# dumps) starts with a group 0x0002 (file meta) or 0x0008 (identifying) element.
+_RAW_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00")
 
 # Allow-list for dicom_safe_metadata: acquisition fields that identify nobody.
 _SAFE_DICOM_FIELDS = (
@@ -86,7 +99,7 @@ class DecodedScan:
 
 def sniff_format(data: bytes) -> str | None:
     """Return "png", "jpeg", "tiff" or "dicom" from the magic bytes, else None."""
-    if data[128:132] == b"DICM":
+    if data[128:132] == b"DICM" or _is_raw_dicom(data):
         return "dicom"
     for signature, fmt in _RASTER_SIGNATURES.items():
         if data.startswith(signature):
@@ -94,8 +107,20 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _is_raw_dicom(data: bytes) -> bool:
+    """A preamble-less DICOM data set: a first tag in group 0x0002/0x0008, explicit VR
+    (two capital letters) or implicit VR (a 4-byte length that fits the file)."""
+    if len(data) < 8 or data[:2] not in _RAW_DICOM_GROUPS:
+        return False
+    vr = data[4:6]
+    return (vr.isalpha() and vr.isupper()) or struct.unpack("<I", data[4:8])[0] <= len(data)
+
+
 def decode_scan(data: bytes, name: str = "<bytes>", max_pixels: int = 50_000_000) -> DecodedScan:
     """Decode a PNG/JPEG/TIFF/DICOM scan from bytes into a 2-D grayscale array.
+
+    ``max_pixels`` is ``ingest.max_pixels`` (conf/base/parameters_ingest.yml), named in the
+    rejection so a user with a genuine large scan knows what to raise.
 
     Raises:
         ScanDecodeError: empty, non-image, unsupported, corrupt/truncated, over
@@ -134,9 +159,17 @@ def _check_size(name: str, width: int, height: int, frames: int, max_pixels: int
     if width <= 0 or height <= 0:
         raise ScanDecodeError(name, f"invalid dimensions {width}x{height} in header", CORRUPT)
     if width * height * frames > max_pixels:
-        raise ScanDecodeError(
-            name, f"{width}x{height}x{frames} pixels exceed the limit of {max_pixels}", TOO_LARGE
-        )
+        raise _too_large(name, width, height, frames, max_pixels)
+
+
+def _too_large(name: str, width: int, height: int, frames: int, max_pixels: int) -> ScanDecodeError:
+    size = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+    return ScanDecodeError(
+        name,
+        f"{size} pixels ({width * height * frames}) exceed ingest.max_pixels = {max_pixels}; "
+        "raise it in conf/base/parameters_ingest.yml if this scan is genuine",
+        TOO_LARGE,
+    )
 
 
 def _to_gray(pixels: np.ndarray, name: str) -> np.ndarray:
@@ -158,8 +191,13 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> Decoded
                 width, height = im.size
                 frames = _full_resolution_frames(im) if fmt == "tiff" else 1
     except Image.DecompressionBombError:
-        raise ScanDecodeError(name, f"{fmt.upper()} dimensions exceed Pillow's safety limit", TOO_LARGE) from None
-    except Exception:  # any header parse failure of untrusted bytes is a corrupt file
+        # Pillow's own guard (far above ours); the size is in its header, read it for the message.
+        width, height = _png_size(data) if fmt == "png" else (0, 0)
+        if width and height:
+            raise _too_large(name, width, height, 1, max_pixels) from None
+        raise ScanDecodeError(name, f"{fmt.upper()} dimensions exceed Pillow's safety limit and "
+                                    f"ingest.max_pixels = {max_pixels}", TOO_LARGE) from None
+    except _BAD_FILE_ERRORS:  # a header parse failure of untrusted bytes is a corrupt file
         raise ScanDecodeError(name, f"corrupt or truncated {fmt.upper()} header", CORRUPT) from None
     _check_size(name, width, height, 1, max_pixels)
     if frames != 1:
@@ -179,6 +217,10 @@ def _decode_raster(data: bytes, fmt: str, name: str, max_pixels: int) -> Decoded
     return DecodedScan(pixels, bit_depth, fmt, int(pixels.shape[1]), int(pixels.shape[0]))
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" else (0, 0)
+
+
 def _full_resolution_frames(im: Image.Image) -> int:
     # Pages flagged as reduced-resolution (NewSubfileType bit 0) are thumbnails, not scans.
     count = 0
@@ -193,10 +235,14 @@ def _full_resolution_frames(im: Image.Image) -> int:
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedScan:
     # Only pixel-module attributes are read: identifying tags are never touched, and
     # pydicom's own messages (which may quote element values) are never passed on.
+    raw = data[128:132] != b"DICM"  # no preamble: pydicom reads it when forced
+    kind = "DICOM without the 128-byte preamble" if raw else "DICOM"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = pydicom.dcmread(io.BytesIO(data), force=raw)
+            if "TransferSyntaxUID" not in ds.file_meta:  # no file meta: the encoding pydicom detected
+                ds.file_meta.TransferSyntaxUID = _syntax_of(ds)
             syntax = ds.file_meta.TransferSyntaxUID
             has_pixels = "PixelData" in ds
             rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
@@ -209,9 +255,11 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedScan:
             bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
             pixel_bytes = len(ds.PixelData) if has_pixels else 0
             empty = len(ds) == 0
-    except Exception as exc:
-        raise ScanDecodeError(name, f"corrupt or truncated DICOM ({type(exc).__name__})", CORRUPT) from None
+    except _BAD_FILE_ERRORS as exc:
+        raise ScanDecodeError(name, f"corrupt or truncated {kind} ({type(exc).__name__})", CORRUPT) from None
     if not has_pixels:
+        if raw:  # forced parsing accepts anything: without pixels it is not a readable DICOM
+            raise ScanDecodeError(name, f"{kind}: no readable pixel data", CORRUPT)
         if empty or (rows and cols):  # cut off before (or inside) the pixel element
             raise ScanDecodeError(name, "truncated DICOM: pixel data missing", CORRUPT)
         raise ScanDecodeError(name, "DICOM without pixel data (not an image object)", NOT_AN_IMAGE)
@@ -223,6 +271,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedScan:
     expected = rows * cols * samples * frames * bits_allocated // 8
     if not syntax.is_compressed and pixel_bytes < expected:
         raise ScanDecodeError(name, f"truncated pixel data ({pixel_bytes} of {expected} bytes)", CORRUPT)
+    _require_decoder(syntax, name)
 
     try:
         with warnings.catch_warnings():
@@ -231,7 +280,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedScan:
             if photometric == "PALETTE COLOR":
                 pixels = apply_color_lut(pixels, ds)
                 bits_stored, signed = pixels.dtype.itemsize * 8, False  # the LUT's output depth
-    except Exception as exc:
+    except (*_BAD_FILE_ERRORS, RuntimeError) as exc:  # RuntimeError: every (installed) plugin failed
         reason = f"pixel data could not be decoded ({syntax.name}, {type(exc).__name__})"
         raise ScanDecodeError(name, reason, CORRUPT) from None
 
@@ -241,6 +290,26 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedScan:
         photometric = "MONOCHROME2"
     pixels = _rescale_dicom(pixels, bits_stored, signed, slope, photometric == "MONOCHROME1")
     return DecodedScan(pixels, bits_stored, "dicom", int(pixels.shape[1]), int(pixels.shape[0]))
+
+
+def _syntax_of(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if little:
+        return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ExplicitVRBigEndian
+
+
+def _require_decoder(syntax: Any, name: str) -> None:
+    """An unknown transfer syntax is the file's problem; a known one whose plugin is not
+    installed is the environment's (pyproject installs pylibjpeg[all]): stop the run."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ScanDecodeError(name, f"unsupported DICOM transfer syntax {syntax.name}", UNSUPPORTED) from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise RuntimeError(f"pydicom cannot decode {syntax.name} pixel data: {missing}. The install is "
+                           "incomplete: reinstall the project (pip install -e .), which brings pylibjpeg[all].")
 
 
 def _rescale_dicom(pixels: np.ndarray, bits: int, signed: bool, slope: float, monochrome1: bool) -> np.ndarray:

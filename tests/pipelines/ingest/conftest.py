@@ -20,6 +20,15 @@ from osteo_pipeline.pipelines.ingest.nodes import build_manifest, index_scans
 
 REPO = Path(__file__).resolve().parents[3]
 KNEE = REPO.parent / "shared" / "datasets" / "knee-xray-3class"
+TEST_KEY = "test-secret"
+
+
+@pytest.fixture
+def ref() -> Callable[[str], str]:
+    """The file_ref of a raw-folder path under ``TEST_KEY``."""
+    from osteo_pipeline.pipelines.ingest.privacy import file_ref
+
+    return lambda path: file_ref(path, TEST_KEY)
 
 
 def _load_params(runtime_params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -84,12 +93,16 @@ def make_partitions() -> Callable[[Path], dict[str, Callable[[], bytes]]]:
 
 @pytest.fixture
 def run_ingest(tmp_path: Path, ingest_params: dict[str, Any]) -> Callable[..., tuple[pd.DataFrame, dict[str, Any]]]:
-    """Run both ingest nodes on tmp_path/raw (or on a given raw folder or partitions dict)."""
+    """Run both ingest nodes on tmp_path/raw (or on a given raw folder or partitions dict) with
+    the key ``TEST_KEY`` (or ``key=``); returns the manifest and the report (the file index is
+    ``manifest.attrs["file_index"]``)."""
 
-    def run(regex: str | None = None, parts: dict | Path | None = None, **overrides: Any):
+    def run(regex: str | None = None, parts: dict | Path | None = None, key: str = TEST_KEY, **overrides: Any):
         raw = parts if isinstance(parts, Path) else tmp_path / "raw"
         params = {**ingest_params, "raw_dir": str(raw), **overrides}
         parts = _partitions(raw) if parts is None or isinstance(parts, Path) else parts
-        return build_manifest(parts, index_scans(parts, params), params, regex)
+        manifest, index, report = build_manifest(parts, index_scans(parts, params), params, regex, key)
+        manifest.attrs["file_index"] = index
+        return manifest, report
 
     return run

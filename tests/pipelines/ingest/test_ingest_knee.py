@@ -18,14 +18,20 @@ def test_knee_set_duplicates_and_conflicts_are_reported_and_counts_add_up(knee_d
     print("\nknee-xray-3class ingest:", json.dumps(counts))
 
     assert counts["files_seen"] == sum(FOLDER_COUNTS.values()) + 1  # + README.md
-    assert counts["files_skipped"] == 1 and report["skipped"] == ["README.md"]
+    index = manifest.attrs["file_index"].set_index("file_ref")["source"]
+    assert counts["files_skipped"] == 1 and index[report["skipped"]].tolist() == ["README.md"]
     assert counts["files_seen"] == counts["accepted"] + counts["excluded"] + counts["duplicates_dropped"] + 1
     assert counts["accepted"] == len(manifest) == sum(counts["accepted_by_class"].values())
     assert manifest["scan_id"].is_unique
     assert report["duplicate_groups"] and report["conflict_groups"]
 
-    kept = set(manifest["source"])
-    excluded = {e["file"]: e["reason"] for e in report["excluded"]}
+    # The report names files by file_ref; the local-only file index gives their paths back.
+    path = manifest.attrs["file_index"].set_index("file_ref")["source"].to_dict()
+    kept = set(manifest["file_ref"].map(path))
+    excluded = {path[e["file_ref"]]: e["reason"] for e in report["excluded"]}
+    for group in report["conflict_groups"] + report["duplicate_groups"]:
+        group["files"] = [path[f] for f in group["file_refs"]]
+        group["kept"] = path.get(group.get("kept"))
     # Conflicting copies: every one excluded, none kept.
     conflict_files = [f for g in report["conflict_groups"] for f in g["files"]]
     assert len(set(g["scan_id"] for g in report["conflict_groups"])) == len(report["conflict_groups"])

@@ -19,6 +19,7 @@ from osteo_pipeline.pipelines.ingest.nodes import (
     MANIFEST_COLUMNS,
     ROI_COLUMNS,
     NoUsableScansError,
+    TableError,
     index_scans,
     pseudonymise,
 )
@@ -31,11 +32,16 @@ def _counts_add_up(report: dict) -> None:
     assert c["excluded"] == len(report["excluded"]) == sum(c["excluded_by_reason"].values())
 
 
+def _our_log(caplog) -> str:
+    # The project's log lines (libraries log raw paths at DEBUG, which the project's logging.yml hides).
+    return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("osteo_pipeline"))
+
+
 def _reasons(report: dict) -> dict[str, str]:
-    return {e["file"]: e["reason"] for e in report["excluded"]}
+    return {e["file_ref"]: e["reason"] for e in report["excluded"]}
 
 
-def test_class_folders_with_aliases(write_scan, write_file, run_ingest):
+def test_class_folders_with_aliases(write_scan, write_file, run_ingest, ref):
     write_scan("Healthy/a.png", 1)
     write_scan("CONTROL/b.png", 2)
     write_scan("Low-Bone-Mass/c.png", 3)
@@ -45,9 +51,9 @@ def test_class_folders_with_aliases(write_scan, write_file, run_ingest):
     manifest, report = run_ingest()
 
     assert list(manifest.columns) == MANIFEST_COLUMNS + ROI_COLUMNS
-    assert dict(zip(manifest["source"], manifest["label"])) == {
-        "Healthy/a.png": "normal", "CONTROL/b.png": "normal",
-        "Low-Bone-Mass/c.png": "osteopenia", "train/osteoporotic/d.png": "osteoporosis"}
+    assert dict(zip(manifest["file_ref"], manifest["label"])) == {
+        ref("Healthy/a.png"): "normal", ref("CONTROL/b.png"): "normal",
+        ref("Low-Bone-Mass/c.png"): "osteopenia", ref("train/osteoporotic/d.png"): "osteoporosis"}
     assert manifest["scan_id"].is_monotonic_increasing
     assert manifest[ROI_COLUMNS].isna().all().all() and (manifest[ROI_COLUMNS].dtypes == float).all()
     assert set(manifest["format"]) == {"png"} and set(manifest["bit_depth"]) == {8}
@@ -66,7 +72,7 @@ def test_scan_id_is_the_content_sha256(write_scan, run_ingest):
     assert manifest.loc[0, "scan_id"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_labels_table_layout_with_clinical_columns_roi_and_pseudonyms(write_scan, write_file, run_ingest, caplog):
+def test_labels_table_layout_with_clinical_columns_roi_and_pseudonyms(write_scan, write_file, run_ingest, caplog, ref):
     for i in range(4):
         write_scan(f"images/DXA_{i}.png", i)
     write_file("clinical.csv", (
@@ -79,66 +85,70 @@ def test_labels_table_layout_with_clinical_columns_roi_and_pseudonyms(write_scan
     ))
     write_file("roi.csv", "file,x0,y0,x1,y1\nimages/DXA_0.png,2,3,20,18\nimages/DXA_1.png,5,5,2,2\n")
     caplog.set_level(logging.DEBUG)
-    manifest, report = run_ingest(pseudonym_salt="test-secret")
+    manifest, report = run_ingest()  # key "test-secret"
 
     assert report["layout"] == "labels_table" and report["label_table"] == "clinical.csv"
     assert report["roi_table"] == "roi.csv"
     assert list(manifest.columns) == MANIFEST_COLUMNS + ["age", "sex", "t_score"] + ROI_COLUMNS
-    rows = manifest.set_index("source")
-    assert rows.loc[["images/DXA_2.png", "images/DXA_3.png"], "label"].tolist() == ["osteopenia"] * 2
-    assert rows.loc["images/DXA_0.png", "age"] == 61 and rows.loc["images/DXA_0.png", "t_score"] == -0.5
+    rows = manifest.set_index("file_ref")
+    assert rows.loc[[ref("images/DXA_2.png"), ref("images/DXA_3.png")], "label"].tolist() == ["osteopenia"] * 2
+    assert rows.loc[ref("images/DXA_0.png"), "age"] == 61 and rows.loc[ref("images/DXA_0.png"), "t_score"] == -0.5
     # The same patient keeps one pseudonym; the id is an HMAC with the salt, leading zeros kept.
     expected = "pt-" + hmac.new(b"test-secret", b"0012345", hashlib.sha256).hexdigest()[:12]
-    assert rows.loc["images/DXA_0.png", "patient_id"] == rows.loc["images/DXA_1.png", "patient_id"] == expected
+    assert rows.loc[ref("images/DXA_0.png"), "patient_id"] == rows.loc[ref("images/DXA_1.png"), "patient_id"] == expected
     assert report["counts"]["patients"] == 3
     assert report["counts"]["patient_id_source"] == {"table": 3, "filename": 0, "file": 1}
     # ROI joined where valid; an inverted box is blanked and reported.
-    assert rows.loc["images/DXA_0.png", ROI_COLUMNS].tolist() == [2.0, 3.0, 20.0, 18.0]
-    assert rows.loc["images/DXA_1.png", ROI_COLUMNS].isna().all()
-    issues = {(i["file"], i["reason"]) for i in report["table_issues"]}
-    assert issues == {("images/gone.png", "missing_file"), ("images/DXA_1.png", "invalid_roi")}
-    assert report["dropped_identifying_columns"] == ["patient_name", "dob"]
-    assert report["parameters"]["pseudonym_salt"] == "set (not shown)"
-    # Raw ids, names and the salt are written nowhere and logged nowhere.
-    everything = json.dumps(report) + manifest.to_csv() + caplog.text
-    for secret in ("0012345", "0099", "0777", "DOE", "ROE", "POE", "1945", "test-secret"):
+    assert rows.loc[ref("images/DXA_0.png"), ROI_COLUMNS].tolist() == [2.0, 3.0, 20.0, 18.0]
+    assert rows.loc[ref("images/DXA_1.png"), ROI_COLUMNS].isna().all()
+    issues = {(i["file_ref"], i["reason"]) for i in report["table_issues"]}
+    assert issues == {(ref("images/gone.png"), "missing_file"), (ref("images/DXA_1.png"), "invalid_roi")}
+    assert report["dropped_columns"] == ["patient_name", "dob"] and report["patient_id_column"] == "Patient_ID"
+    assert report["parameters"]["pseudonym_key"] == "project secret (not shown)" and not report["warnings"]
+    # Raw ids, names, raw paths and the key are written nowhere and logged nowhere.
+    everything = json.dumps(report) + manifest.to_csv() + _our_log(caplog)
+    for secret in ("0012345", "0099", "0777", "DOE", "ROE", "POE", "1945", "test-secret", "DXA_", "gone.png"):
         assert secret not in everything
 
 
-def test_table_and_folder_disagreement_excludes_by_default_or_prefers_table(write_scan, write_file, run_ingest):
+def test_table_and_folder_disagreement_excludes_by_default_or_prefers_table(write_scan, write_file, run_ingest, ref):
     write_scan("normal/a.png", 1)
     write_scan("normal/b.png", 2)
+    write_scan("osteoporosis/c.png", 3)
     write_file("labels.csv", "file,label\nnormal/a.png,osteoporosis\nnormal/b.png,normal\n")
     manifest, report = run_ingest()
-    assert manifest["source"].tolist() == ["normal/b.png"]
-    assert _reasons(report) == {"normal/a.png": "label_disagreement"}
+    assert manifest["file_ref"].tolist() == sorted([ref("normal/b.png"), ref("osteoporosis/c.png")],
+                                                   key=dict(zip(manifest["file_ref"], manifest["scan_id"])).get)
+    assert _reasons(report) == {ref("normal/a.png"): "label_disagreement"}
     assert "osteoporosis" in report["excluded"][0]["detail"] and "normal" in report["excluded"][0]["detail"]
 
     manifest, report = run_ingest(label_disagreement="prefer_table")
-    assert dict(zip(manifest["source"], manifest["label"]))["normal/a.png"] == "osteoporosis"
-    assert report["label_disagreements"][0]["file"] == "normal/a.png"
+    assert dict(zip(manifest["file_ref"], manifest["label"]))[ref("normal/a.png")] == "osteoporosis"
+    assert report["label_disagreements"][0]["file_ref"] == ref("normal/a.png")
     assert report["excluded"] == []
 
 
-def test_patient_id_from_filename_regex(write_scan, run_ingest, load_params):
+def test_patient_id_from_filename_regex(write_scan, run_ingest, load_params, ref, caplog):
     write_scan("normal/2144657_study1_1.png", 1)
     write_scan("normal/2144657_study2_1.png", 2)
     write_scan("osteoporosis/3000001_study1_1.png", 3)
     write_scan("osteoporosis/no_id_here.png", 4)
     regex = load_params({"patient_id_regex": r"^(\d+)_"})["patient_id_regex"]  # as `--params` sets it
+    caplog.set_level(logging.DEBUG)
     manifest, report = run_ingest(regex=regex)
-    ids = dict(zip(manifest["source"], manifest["patient_id"]))
-    assert ids["normal/2144657_study1_1.png"] == ids["normal/2144657_study2_1.png"]
-    assert ids["normal/2144657_study1_1.png"] == pseudonymise("2144657", load_params()["ingest"]["pseudonym_salt"])
+    ids = dict(zip(manifest["file_ref"], manifest["patient_id"]))
+    assert ids[ref("normal/2144657_study1_1.png")] == ids[ref("normal/2144657_study2_1.png")]
+    assert ids[ref("normal/2144657_study1_1.png")] == pseudonymise("2144657", "test-secret")
     assert len(set(ids.values())) == 3
     assert report["counts"]["patient_id_source"] == {"table": 0, "filename": 3, "file": 1}
     assert report["parameters"]["patient_id_regex"] == r"^(\d+)_"
-    assert "2144657" not in json.dumps(report["parameters"]) + manifest["patient_id"].str.cat()
+    # The raw id is in the file names only: nothing written or logged names those files.
+    assert "2144657" not in json.dumps(report) + manifest.to_csv() + _our_log(caplog)
     with pytest.raises(ValueError, match="patient_id_regex"):
         run_ingest(regex="(unclosed")
 
 
-def test_every_bad_input_is_reported_once_and_nothing_crashes(write_scan, write_file, run_ingest, caplog):
+def test_every_bad_input_is_reported_once_and_nothing_crashes(write_scan, write_file, run_ingest, caplog, ref):
     good = write_scan("normal/good.png", 1)
     write_file("normal/copy_of_good.png", good.read_bytes())  # exact duplicate, same label
     conflict = write_scan("normal/conflict.png", 2)
@@ -156,59 +166,65 @@ def test_every_bad_input_is_reported_once_and_nothing_crashes(write_scan, write_
 
     manifest, report = run_ingest(max_pixels=10_000)
 
-    assert set(manifest["source"]) == {"normal/copy_of_good.png", "osteoporosis/fine.png"}  # first path kept
+    assert set(manifest["file_ref"]) == {ref("normal/copy_of_good.png"), ref("osteoporosis/fine.png")}  # first path
     assert _reasons(report) == {
-        "normal/empty.png": "empty_file",
-        "normal/notes.png": "not_an_image",
-        "normal/truncated.png": "corrupt",
-        "normal/huge.png": "too_large",
-        "misc/unknown_class.png": "unknown_label",
-        "loose.png": "no_label",
-        "normal/conflict.png": "duplicate_label_conflict",
-        "osteoporosis/conflict_copy.png": "duplicate_label_conflict",
+        ref("normal/empty.png"): "empty_file",
+        ref("normal/notes.png"): "not_an_image",
+        ref("normal/truncated.png"): "corrupt",
+        ref("normal/huge.png"): "too_large",
+        ref("misc/unknown_class.png"): "unknown_label",
+        ref("loose.png"): "no_label",
+        ref("normal/conflict.png"): "duplicate_label_conflict",
+        ref("osteoporosis/conflict_copy.png"): "duplicate_label_conflict",
     }
     assert all(e["detail"] for e in report["excluded"])
     (dup,) = report["duplicate_groups"]
-    assert dup["files"] == ["normal/copy_of_good.png", "normal/good.png"] and dup["kept"] == "normal/copy_of_good.png"
+    assert dup["file_refs"] == [ref("normal/copy_of_good.png"), ref("normal/good.png")]
+    assert dup["kept"] == ref("normal/copy_of_good.png")
     (conf,) = report["conflict_groups"]
-    assert conf["files"] == ["normal/conflict.png", "osteoporosis/conflict_copy.png"]
+    assert conf["file_refs"] == [ref("normal/conflict.png"), ref("osteoporosis/conflict_copy.png")]
     assert conf["labels"] == ["normal", "osteoporosis"]
-    assert report["skipped"] == ["normal/.DS_Store", "normal/notes.txt"]
+    assert report["skipped"] == sorted([ref("normal/.DS_Store"), ref("normal/notes.txt")])
     assert report["counts"]["duplicates_dropped"] == 1 and report["counts"]["files_seen"] == 13
     _counts_add_up(report)
-    # One warning per problem (8 excluded files + 1 duplicate group + the public-salt notice), one summary.
+    # One warning per problem (8 excluded files + 1 duplicate group), one summary; no raw path.
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("ingest.nodes")]
-    assert len(warnings) == 8 + 1 + 1
+    assert len(warnings) == 8 + 1
+    assert not any(name in caplog.text for name in ("normal/", "good.png", "conflict.png", "unknown_class.png"))
     for file in _reasons(report):
         assert sum(file in r.getMessage() for r in warnings) >= 1
     assert any(r.levelno == logging.INFO and "2 scans accepted" in r.getMessage() for r in caplog.records)
 
 
-def test_unreadable_file_and_bad_table_are_reported(write_scan, write_file, run_ingest, make_partitions, tmp_path):
+def test_unreadable_file_is_reported_by_file_ref(write_scan, run_ingest, make_partitions, tmp_path, ref):
     write_scan("normal/a.png", 1)
-    write_file("labels.csv", "image,diagnosis\nnormal/a.png,normal\n")  # wrong columns: falls back to folders
 
     def unreadable() -> bytes:
-        raise PermissionError("permission denied")
+        raise PermissionError(13, "Permission denied", str(tmp_path / "raw/normal/locked.png"))
 
     parts = {**make_partitions(tmp_path / "raw"), "normal/locked.png": unreadable}
     manifest, report = run_ingest(parts=parts)
-    assert manifest["source"].tolist() == ["normal/a.png"]
-    assert report["layout"] == "class_folders"
-    assert _reasons(report) == {"normal/locked.png": "unreadable"}
-    assert report["table_issues"][0]["reason"] == "bad_table"
-    assert "file" in report["table_issues"][0]["detail"] and "label" in report["table_issues"][0]["detail"]
+    assert manifest["file_ref"].tolist() == [ref("normal/a.png")]
+    assert _reasons(report) == {ref("normal/locked.png"): "unreadable"}
+    assert "locked" not in json.dumps(report)
 
 
-def test_unknown_label_in_table_and_repeated_rows(write_scan, write_file, run_ingest):
-    for name in ("a", "b", "c"):
+def test_a_labels_table_that_cannot_be_used_stops_ingest(write_scan, write_file, run_ingest):
+    write_scan("normal/a.png", 1)
+    write_file("labels.csv", "image,diagnosis\nnormal/a.png,normal\n")  # not silently ignored any more
+    with pytest.raises(TableError, match=r"labels.csv has no 'file' or 'label' column: columns found: image, diagnosis"):
+        run_ingest()
+
+
+def test_unknown_label_in_table_and_repeated_rows(write_scan, write_file, run_ingest, ref):
+    for name in ("a", "b", "c", "d"):
         write_scan(f"scans/{name}.png", ord(name))
     write_file("labels.csv", "file,label\nscans/a.png,fractured\nscans/b.png,normal\nscans/b.png,osteoporosis\n"
-                             "scans/c.png,normal\nscans/c.png,Normal\n")
+                             "scans/c.png,normal\nscans/c.png,Normal\nscans/d.png,osteoporosis\n")
     manifest, report = run_ingest()
-    assert manifest["source"].tolist() == ["scans/c.png"]
-    assert _reasons(report) == {"scans/a.png": "unknown_label", "scans/b.png": "label_disagreement"}
-    assert "fractured" in report["excluded"][0]["detail"]
+    assert set(manifest["file_ref"]) == {ref("scans/c.png"), ref("scans/d.png")}
+    assert _reasons(report) == {ref("scans/a.png"): "unknown_label", ref("scans/b.png"): "label_disagreement"}
+    assert "fractured" in next(e["detail"] for e in report["excluded"] if e["file_ref"] == ref("scans/a.png"))
     assert [i["reason"] for i in report["table_issues"]] == ["duplicate_row", "duplicate_row"]
 
 
@@ -280,16 +296,16 @@ def _phi_dicom(rows: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def test_dicom_patient_tags_stay_out_of_manifest_report_and_logs(write_file, write_scan, run_ingest, caplog):
+def test_dicom_patient_tags_stay_out_of_manifest_report_and_logs(write_file, write_scan, run_ingest, caplog, ref):
     write_file("osteoporosis/scan.dcm", _phi_dicom())
     write_file("osteoporosis/broken.dcm", _phi_dicom()[:-50])
     write_file("normal/too_tall.dcm", _phi_dicom(rows=64))  # header disagrees with pixel data
     write_scan("normal/a.png", 1)
     caplog.set_level(logging.DEBUG)
     manifest, report = run_ingest()
-    row = manifest.set_index("source").loc["osteoporosis/scan.dcm"]
+    row = manifest.set_index("file_ref").loc[ref("osteoporosis/scan.dcm")]
     assert (row["format"], row["bit_depth"], row["width"], row["height"]) == ("dicom", 12, 16, 16)
-    assert _reasons(report) == {"osteoporosis/broken.dcm": "corrupt", "normal/too_tall.dcm": "corrupt"}
+    assert _reasons(report) == {ref("osteoporosis/broken.dcm"): "corrupt", ref("normal/too_tall.dcm"): "corrupt"}
     everything = json.dumps(report) + manifest.to_csv() + caplog.text
     for secret in ("DOE", "JANE", "MRN-31337", "19450203", "Saint Example", "ACC-777"):
         assert secret not in everything
@@ -297,8 +313,8 @@ def test_dicom_patient_tags_stay_out_of_manifest_report_and_logs(write_file, wri
 
 def test_pipeline_wiring():
     pipeline = create_pipeline()
-    assert pipeline.inputs() == {"raw_scans", "params:ingest", "params:patient_id_regex"}
-    assert pipeline.outputs() == {"scan_manifest", "ingest_report"}
+    assert pipeline.inputs() == {"raw_scans", "params:ingest", "params:patient_id_regex", "pseudonym_key"}
+    assert pipeline.outputs() == {"scan_manifest", "file_index", "ingest_report"}
     assert {n.name for n in pipeline.nodes} == {"index_scans", "build_manifest"}
 
 

@@ -11,8 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(index_scans, ["raw_scans", "params:ingest"], "scan_index", name="index_scans"),
             Node(
                 build_manifest,
-                ["raw_scans", "scan_index", "params:ingest", "params:patient_id_regex"],
-                ["scan_manifest", "ingest_report"],
+                ["raw_scans", "scan_index", "params:ingest", "params:patient_id_regex", "pseudonym_key"],
+                ["scan_manifest", "file_index", "ingest_report"],
                 name="build_manifest",
             ),
         ]

@@ -21,7 +21,7 @@ from osteo_pipeline.imaging.roi import detect_spine_roi
 log = logging.getLogger(__name__)
 
 ROI_COLUMNS = ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]
-ROI_TABLE_COLUMNS = ["scan_id", "source", "roi_source", "x0", "y0", "x1", "y1", "auto_roi_iou"]
+ROI_TABLE_COLUMNS = ["scan_id", "file_ref", "roi_source", "x0", "y0", "x1", "y1", "auto_roi_iou"]
 
 
 def _given_box(row: pd.Series) -> tuple[int, int, int, int] | None:
@@ -33,9 +33,15 @@ def _given_box(row: pd.Series) -> tuple[int, int, int, int] | None:
 def crop_and_resize(
     raw_scans: dict[str, Callable[[], bytes]],
     scan_manifest: pd.DataFrame,
+    file_index: pd.DataFrame,
     params: dict[str, Any],
+    max_pixels: int,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Decode every manifest scan once, crop its ROI and resize it to both model input sizes.
+
+    ``file_index`` (local-only) gives each scan's raw path from its ``file_ref``; the raw path is
+    used to read the bytes and nowhere else: logs and the ROI table name the ``file_ref``.
+    ``max_pixels`` is ingest's limit, so a scan ingest accepted is never refused here.
 
     Returns the ROI table (box used, its source, and the automatic box's IoU against a
     given one) and two ``{"scan_id", "images"}`` dicts of uint8 arrays. Arrays are
@@ -45,19 +51,27 @@ def crop_and_resize(
     sizes = {"small": int(params["size_cnn21"]), "large": int(params["size_baselines"])}
     n = len(scan_manifest)
     arrays = {k: np.zeros((n, s, s, 3), dtype=np.uint8) for k, s in sizes.items()}
+    paths = file_index.drop_duplicates("file_ref").set_index("file_ref")["source"]
     rows, kept_ids = [], []
     for row in scan_manifest.itertuples(index=False):
         record = pd.Series(row._asdict())
+        ref = record["file_ref"]
         try:
-            pixels = decode_scan(raw_scans[record["source"]](), name=record["source"]).pixels
-        except (KeyError, ScanDecodeError) as err:
-            log.warning("roi_resize: skipping %s: %s", record["source"], err)
-            rows.append({"scan_id": record["scan_id"], "source": record["source"], "roi_source": "failed"})
+            load = raw_scans[paths[ref]]
+        except KeyError:
+            log.warning("roi_resize: skipping %s: not in the raw folder any more (re-run ingest)", ref)
+            rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": "failed"})
+            continue
+        try:
+            pixels = decode_scan(load(), name=ref, max_pixels=int(max_pixels)).pixels  # its str() names `ref`
+        except ScanDecodeError as err:
+            log.warning("roi_resize: skipping %s", err)
+            rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": "failed"})
             continue
         given = _given_box(record) if params.get("use_roi_csv", True) else None
         choice = choose_roi(pixels, given, params["margin"])
         if choice.source == "whole":
-            log.warning("roi_resize: no spine found in %s, using the whole image", record["source"])
+            log.warning("roi_resize: no spine found in %s, using the whole image", ref)
         iou = math.nan
         if given is not None and params.get("measure_auto_roi", True):
             auto = detect_spine_roi(pixels, margin=params["margin"])
@@ -67,7 +81,7 @@ def crop_and_resize(
             arrays[key][i] = crop_resize(pixels, choice.box, size, params["low_percentile"], params["high_percentile"])
         kept_ids.append(record["scan_id"])
         x0, y0, x1, y1 = choice.box
-        rows.append({"scan_id": record["scan_id"], "source": record["source"], "roi_source": choice.source,
+        rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": choice.source,
                      "x0": x0, "y0": y0, "x1": x1, "y1": y1, "auto_roi_iou": iou})
     roi_table = pd.DataFrame(rows).reindex(columns=ROI_TABLE_COLUMNS)
     if roi_table["auto_roi_iou"].notna().any():
