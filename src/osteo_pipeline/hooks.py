@@ -1,10 +1,12 @@
-"""Project hooks: stop a run before it starts when its inputs have not been made yet."""
+"""Project hooks: stop a run before it starts when its inputs have not been made yet, or when
+another run holds the project; clean up after a killed run (``runguard``)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -103,7 +105,9 @@ class CheckInputsHook:
     dataset error; this says ``kedro run --pipelines=ingest,roi_resize,split_augment,train_cnn21``.
     """
 
-    @hook_impl
+    # tryfirst: before the project lock and before kedro-mlflow opens its parent run, so a refused
+    # run holds no lock and leaves no MLflow run.
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
         stages = stage_pipelines()
         missing = missing_inputs(pipeline, catalog, stages)
@@ -112,3 +116,49 @@ class CheckInputsHook:
             requested = run_params.get("pipeline_names") or ["__default__"]
             raw = {n for n in missing if isinstance(catalog.get(n), RawFolderDataset)}
             raise MissingInputsError(missing_inputs_message(missing, list(requested), stages, raw))
+
+
+class RunGuardHook:
+    """The project lock, the run journal and clean-up on SIGTERM / Ctrl-C (see ``runguard``).
+
+    Its ``before_pipeline_run`` runs before kedro-mlflow's (tryfirst), so a run refused for the
+    lock opens no MLflow run; ``CheckInputsHook`` (also tryfirst, registered after it) runs first.
+    """
+
+    def __init__(self) -> None:
+        self._guard: Any = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
+        from osteo_pipeline.runguard import RunGuard
+
+        project = Path(run_params.get("project_path") or Path.cwd())
+        self._guard = RunGuard(project, run_params, catalog)
+        self._guard.start()
+
+    @hook_impl(trylast=True)  # after kedro-mlflow has (re)opened its parent run for the node
+    def before_node_run(self) -> None:
+        if self._guard is not None:
+            self._guard.seen_mlflow_run()
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str) -> None:
+        if self._guard is not None:
+            self._guard.before_save(dataset_name)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if self._guard is not None:
+            self._guard.after_save(dataset_name)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._guard is not None:
+            self._guard.finish()
+            self._guard = None
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        if self._guard is not None:
+            self._guard.fail(error)
+            self._guard = None

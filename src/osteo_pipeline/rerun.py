@@ -48,7 +48,7 @@ FINGERPRINT = "data_fingerprint"
 
 @dataclass(frozen=True)
 class ManifestChange:
-    """What differs between two manifests, by raw-folder path (``source``)."""
+    """What differs between two manifests, by ``file_ref`` (never the raw path: it may carry patient ids)."""
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -79,6 +79,21 @@ class RerunPlan:
     change: ManifestChange = field(default_factory=ManifestChange)
     stale: tuple[str, ...] = ()
     manifest_version: str | None = None
+    last_run: str | None = None  # the last run did not complete, or a run holds the project now (runguard)
+
+
+def with_run_state(plan: RerunPlan, project_path: Path) -> RerunPlan:
+    """``plan`` with what the run journal and the project lock say (``runguard``): a run in progress
+    now, or a last run that did not complete (which makes a re-run needed)."""
+    from osteo_pipeline.runguard import describe_holder, last_incomplete_run, running_now
+
+    if running := running_now(project_path):
+        return replace(plan, last_run="a run is in progress now: " + "; ".join(describe_holder(r) for r in running))
+    if (incomplete := last_incomplete_run(project_path)) is None:
+        return plan
+    if not plan.needed:
+        plan = replace(plan, needed=True, reason=f"{incomplete}; run it again ({plan.reason.split(';')[0]})")
+    return replace(plan, last_run=incomplete)
 
 
 @dataclass(frozen=True)
@@ -101,11 +116,19 @@ def _as_saved(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(manifest.to_parquet()))
 
 
+def _refs(manifest: pd.DataFrame, scan_ids: Iterable[str]) -> tuple[str, ...]:
+    """The scans' file_refs; a manifest saved before file_ref existed has raw paths only: its scan ids."""
+    scan_ids = list(scan_ids)
+    if "file_ref" in manifest.columns:
+        return tuple(sorted(manifest.loc[scan_ids, "file_ref"]))
+    return tuple(sorted(f"scan {s[:12]}" for s in scan_ids))
+
+
 def compare_manifests(previous: pd.DataFrame | None, current: pd.DataFrame) -> ManifestChange:
     """Scans added, removed or changed (any manifest value) between two manifests, by ``scan_id``."""
     current = _as_saved(current).set_index("scan_id")
     if previous is None:
-        return ManifestChange(added=tuple(sorted(current["source"])))
+        return ManifestChange(added=_refs(current, current.index))
     previous = previous.set_index("scan_id")
     added = current.index.difference(previous.index)
     removed = previous.index.difference(current.index)
@@ -117,9 +140,9 @@ def compare_manifests(previous: pd.DataFrame | None, current: pd.DataFrame) -> M
     same = (now == before).fillna(False).to_numpy(dtype=bool) | (now.isna() & before.isna()).to_numpy(dtype=bool)
     differs = ~same.all(axis=1)
     return ManifestChange(
-        added=tuple(sorted(current.loc[added, "source"])),
-        removed=tuple(sorted(previous.loc[removed, "source"])),
-        changed=tuple(sorted(current.loc[common[differs], "source"])),
+        added=_refs(current, added),
+        removed=_refs(previous, removed),
+        changed=_refs(current, common[differs]),
         columns=columns,
     )
 
@@ -233,7 +256,7 @@ def _planned(
         context = session.load_context()
         names = tuple(pipelines or default_pipelines(context))
         pipeline, ingest = _selected_pipeline(names)
-        yield session, context, names, plan_rerun(context, pipeline, ingest)
+        yield session, context, names, with_run_state(plan_rerun(context, pipeline, ingest), project_path)
 
 
 def plan_for_project(
@@ -318,6 +341,8 @@ def main(env: str | None, pipelines: list[str], params: dict[str, Any], force: b
     """
     result = rerun(Path.cwd(), env=env, pipelines=pipelines or None, runtime_params=params, force=force,
                    dry_run=dry_run)
+    if result.plan.last_run:
+        click.echo(f"rerun: note: {result.plan.last_run}")
     if result.ran:
         click.echo(f"rerun: ran {', '.join(result.pipelines)} in {result.seconds:.0f} s because {result.plan.reason}")
     elif result.plan.needed:

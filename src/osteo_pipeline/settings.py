@@ -3,10 +3,15 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from osteo_pipeline.hooks import CheckInputsHook
+from osteo_pipeline.hooks import CheckInputsHook, RunGuardHook
+from osteo_pipeline.ingest_hooks import IngestReportHook
 
-# A run whose inputs have not been made yet stops at once, naming the pipelines to run first.
-HOOKS = (CheckInputsHook(),)
+# A run whose inputs have not been made yet stops at once, naming the pipelines to run first;
+# a run that stops in ingest leaves a failed ingest_report.json, not the previous one.
+# RunGuardHook: one whole `kedro run` per project at a time (a second is refused, naming the
+# first); SIGTERM / Ctrl-C end its MLflow runs KILLED and remove half-written outputs. It and
+# CheckInputsHook run before kedro-mlflow opens its run (tryfirst; CheckInputsHook, listed after, first).
+HOOKS = (RunGuardHook(), CheckInputsHook(), IngestReportHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -144,7 +144,12 @@ def test_new_scans_are_ingested_into_a_new_manifest_version(history):
     assert f"rerun: ran {', '.join(PIPELINES)}" in second["stdout"]
     assert f"raw scans changed since {history['first'].session_id}: {N_NEW} new scans" in second["stdout"]
     said = next(line for line in second["stdout"].splitlines() if line.startswith("rerun: ran"))
-    assert all(f in said for f in history["added"]) and "removed" not in said and "changed scan" not in said
+    # Scans are named by file_ref (raw paths may carry patient ids); the local-only file index maps them.
+    index = pd.read_parquet(load_version(root, "data/02_intermediate/file_index.parquet",
+                                         versions(root, "data/02_intermediate/file_index.parquet")[-1]))
+    added_refs = set(index.set_index("source").loc[history["added"], "file_ref"])
+    assert all(f in said for f in added_refs) and "removed" not in said and "changed scan" not in said
+    assert not any(f in said for f in history["added"])
     manifests = versions(root, "data/02_intermediate/scan_manifest.parquet")
     assert manifests == [manifests[0], history["first"].session_id, second["session_id"]]  # every version kept
     before = pd.read_parquet(load_version(root, "data/02_intermediate/scan_manifest.parquet", manifests[-2]))
@@ -152,7 +157,7 @@ def test_new_scans_are_ingested_into_a_new_manifest_version(history):
     new_ids = {hashlib.sha256((root / "data" / "01_raw" / f).read_bytes()).hexdigest() for f in history["added"]}
     assert new_ids <= set(after.scan_id) and not new_ids & set(before.scan_id)
     assert len(after) == len(before) + N_NEW
-    assert set(after.loc[after.scan_id.isin(new_ids), "source"]) == set(history["added"])
+    assert set(after.loc[after.scan_id.isin(new_ids), "file_ref"]) == added_refs
 
 
 @pytest.mark.slow
@@ -243,7 +248,7 @@ def test_scheduled_airflow_run_with_nothing_new_skips_every_task(history):
 
 def _manifest(**changes) -> pd.DataFrame:
     rows = pd.DataFrame({
-        "scan_id": ["a" * 64, "b" * 64, "c" * 64], "source": ["normal/a.png", "normal/b.png", "osteoporosis/c.png"],
+        "scan_id": ["a" * 64, "b" * 64, "c" * 64], "file_ref": ["f-a.png", "f-b.png", "f-c.png"],
         "patient_id": ["pt-1", "pt-2", "pt-3"], "label": ["normal", "normal", "osteoporosis"],
         "width": np.array([100, 120, 110], dtype="int64"), "age": [61.0, np.nan, 70.0],
         "roi_x0": [np.nan, 3.0, 4.0],
@@ -259,12 +264,15 @@ def test_compare_manifests_sees_added_removed_and_changed_scans():
     before = pd.read_parquet(io.BytesIO(_manifest().to_parquet()))  # as the catalog loads it
     assert not compare_manifests(before, _manifest())  # NaNs, ints and floats survive the round trip
     relabelled = _manifest(label=["normal", "osteoporosis", "osteoporosis"])
-    assert compare_manifests(before, relabelled).changed == ("normal/b.png",)
-    grown = pd.concat([_manifest().iloc[1:], _manifest(scan_id=["d" * 64] * 3, source=["normal/d.png"] * 3).iloc[:1]])
+    assert compare_manifests(before, relabelled).changed == ("f-b.png",)
+    grown = pd.concat([_manifest().iloc[1:], _manifest(scan_id=["d" * 64] * 3, file_ref=["f-d.png"] * 3).iloc[:1]])
     change = compare_manifests(before, grown)
-    assert change.added == ("normal/d.png",) and change.removed == ("normal/a.png",) and not change.changed
-    assert "1 new scan (normal/d.png)" in change.describe() and "1 removed scan" in change.describe()
-    assert compare_manifests(None, _manifest()).added == ("normal/a.png", "normal/b.png", "osteoporosis/c.png")
+    assert change.added == ("f-d.png",) and change.removed == ("f-a.png",) and not change.changed
+    assert "1 new scan (f-d.png)" in change.describe() and "1 removed scan" in change.describe()
+    assert compare_manifests(None, _manifest()).added == ("f-a.png", "f-b.png", "f-c.png")
+    # A manifest saved before file_ref existed: its removed scans are named by scan id, never by raw path.
+    old = before.rename(columns={"file_ref": "source"}).assign(source=["normal/2144650_a.png"] * 3)
+    assert compare_manifests(old, _manifest().iloc[1:]).removed == ("scan " + "a" * 12,)
     assert compare_manifests(before, _manifest().drop(columns="age")).columns == ("age",)
 
 

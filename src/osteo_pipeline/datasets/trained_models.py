@@ -13,6 +13,7 @@ kedro-datasets classes those catalogs use.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,57 @@ def _latest(dataset: AbstractDataset) -> tuple[Any, str] | None:
     if not dataset.exists():
         return None
     return dataset.load(), dataset.resolve_load_version()
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while (inner := error.__cause__ or error.__context__) is not None and inner is not error:
+        error = inner
+    return error
+
+
+def describe_problem(path: str | os.PathLike | None, error: BaseException) -> str:
+    """What is wrong with the file itself, when that can be told (Keras files are zip archives);
+    else what its reader said. Shared with ``osteo predict``."""
+    import zipfile
+
+    if path is None:
+        root = _root_cause(error)
+        return f"{type(root).__name__}: {root}"
+    try:
+        size = os.path.getsize(path)
+    except OSError as failed:
+        return f"{type(failed).__name__}: {failed}"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if str(path).endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            return f"not a complete .keras zip archive ({size} bytes)"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if (bad := archive.testzip()) is not None:
+                    return f"member {bad} of the archive is damaged"
+        except (zipfile.BadZipFile, OSError, EOFError) as failed:
+            return f"damaged zip archive ({failed})"
+    root = _root_cause(error)
+    return f"{type(root).__name__}: {root}"
+
+
+def unreadable_model_message(path: str | os.PathLike, error: BaseException) -> str:
+    """``model file <path relative to the project> cannot be read: it is truncated or corrupt (...)``,
+    with what to do; the reader's own traceback (zipfile, h5py, pickle) names neither."""
+    shown = os.path.relpath(path) if os.path.isabs(path) else str(path)
+    return (f"model file {shown} cannot be read: it is truncated or corrupt ({describe_problem(path, error)}). "
+            f"Retrain the model, or delete {os.path.dirname(shown)}/ to use its previous version.")
+
+
+def load_model_file(dataset: AbstractDataset) -> Any:
+    """``dataset.load()``; a model file that cannot be read raises a ``DatasetError`` naming it."""
+    try:
+        return dataset.load()
+    except Exception as error:
+        if isinstance(_root_cause(error), (ImportError, MemoryError)):
+            raise  # a broken install or a full machine, not a bad file
+        raise DatasetError(unreadable_model_message(str(dataset._get_load_path()), error)) from error
 
 
 def mlflow_history(run_id: str | None, keys: Sequence[str] = HISTORY_KEYS) -> dict[str, list[float]] | None:
@@ -123,7 +175,7 @@ class TrainedModelsDataset(AbstractDataset[None, ModelCollection]):
             import osteo_pipeline.models.fusion  # noqa: F401 - registers the fusion network's own layers
 
         model_ds = self._model_dataset(name)
-        model, model_version = model_ds.load(), model_ds.resolve_load_version()
+        model, model_version = load_model_file(model_ds), model_ds.resolve_load_version()
         versions = {"model": model_version}
         loaded: dict[str, Any] = {}
         for what, kind in (("final_fit", JSONDataset), ("cv_summary", JSONDataset),
