@@ -47,6 +47,41 @@ def _check_store(tracking_uri: str, model_uri: str) -> None:
         )
 
 
+def _file_behind(error: BaseException) -> Path | None:
+    """The innermost existing file a failed load was reading, found in its traceback's frames
+    (zipfile, h5py, keras and pickle readers each hold the path or an open file there)."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    found = None
+    for link in reversed(chain):  # the outermost exception's frames first, the innermost last
+        tb = link.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                for candidate in (value, getattr(value, "filename", None), getattr(value, "name", None)):
+                    if isinstance(candidate, (str, os.PathLike)) and 0 < len(str(candidate)) < 4096:
+                        try:
+                            if Path(candidate).is_file() and Path(candidate).suffix not in (".py", ".pyc"):
+                                found = Path(candidate)
+                        except (OSError, ValueError):
+                            continue
+            tb = tb.tb_next
+    return found
+
+
+def unreadable_model_message(model_uri: str, error: BaseException) -> str:
+    """What ``osteo predict`` says when a model's files cannot be read: the file, relative to the
+    project (the working folder), and the reader's own complaint."""
+    from osteo_pipeline.datasets.trained_models import describe_problem
+
+    file = _file_behind(error)
+    where = f"its file {os.path.relpath(file)}" if file is not None else "one of its files"
+    return (f"cannot load {model_uri}: {where} is truncated or corrupt ({describe_problem(file, error)}). "
+            "Re-register the model (e.g. `kedro run --pipelines=train_cnn21`) or pick another version with --model.")
+
+
 def load_classifier(model_uri: str, tracking_uri: str) -> Any:
     """The ``ScanClassifier`` behind ``model_uri``; a ``ClickException`` saying what went wrong."""
     _check_store(tracking_uri, model_uri)  # before the slow imports (TensorFlow)
@@ -58,8 +93,12 @@ def load_classifier(model_uri: str, tracking_uri: str) -> Any:
     mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as error:
+    except (MlflowException, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         raise click.ClickException(f"cannot load {model_uri} from {tracking_uri}: {error}") from None
+    except (ImportError, MemoryError):
+        raise  # a broken install or a full machine, not a bad file
+    except Exception as error:  # noqa: BLE001 - zipfile, h5py, keras, pickle: each says it its own way
+        raise click.ClickException(unreadable_model_message(model_uri, error)) from None
     try:
         classifier = model.unwrap_python_model()
     except MlflowException:
@@ -155,4 +194,33 @@ def predict(scans: tuple[Path, ...], model_uri: str, tracking_uri: str, gradcam:
     for r in failed:
         click.echo(f"osteo predict: {r.scan}: {r.error}", err=True)
     if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="The project folder (its data/02_intermediate/file_index.parquet is read).")
+def locate(refs: tuple[str, ...], project: Path) -> None:
+    """Print the raw path of each file_ref (f-...) that reports and logs name, from the local-only file index.
+
+    For your own terminal only: the raw paths may carry patient ids, which is why reports name files by file_ref.
+    """
+    from kedro.io.core import Version
+    from kedro_datasets.pandas import ParquetDataset
+
+    dataset = ParquetDataset(filepath=str(project / "data/02_intermediate/file_index.parquet"), version=Version(None, None))
+    if not dataset.exists():
+        raise click.ClickException(f"no file index under {project}/data/02_intermediate: run `kedro run --pipelines=ingest` first")
+    index = dataset.load().set_index("file_ref")
+    missing = False
+    for ref in refs:
+        if ref not in index.index:
+            click.echo(f"{ref}: not in the latest file index (another project, or an older ingest run)", err=True)
+            missing = True
+            continue
+        row = index.loc[[ref]].iloc[0]
+        reason = row.get("reason")
+        click.echo(f"{ref}\t{row['status']}{f' ({reason})' if isinstance(reason, str) and reason else ''}\t{row['source']}")
+    if missing:
         raise SystemExit(1)

@@ -1,5 +1,6 @@
 """A test-scale project with a trained, registered CNN21 and the pipeline's own predictions for
-two of its raw scans, shared by the serving and CLI tests (trained once per test session).
+two of its raw scans, shared by the serving and CLI tests (trained once per test session), and
+`mlflow models serve` on it (started once per session, shared by test_serve and test_fuzz).
 
 ``roi_resize`` reruns with ``use_roi_csv: false``: a served model never has the expert boxes of
 ``roi.csv``, so the pipeline must take the detected ROI too for its prediction to be comparable.
@@ -9,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from osteo_testkit import run_kedro
+from osteo_testkit import free_port, run_kedro, server_process
 
+START_TIMEOUT_S = 180
 PARAMS = {
     "roi_resize": {"use_roi_csv": False, "measure_auto_roi": False},
     # the model only has to exist; op determinism (process-wide) stays off in the pytest process
@@ -61,3 +66,18 @@ def served_project(prepared_project: Path, tmp_path_factory) -> dict:
     final_fit = json.loads(latest(data / "08_reporting/cnn21_final_fit.json").read_text())
     return {"root": root, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
             "class_names": final_fit["class_names"], "scans": scans}
+
+
+@pytest.fixture(scope="session")
+def server(served_project: dict, tmp_path_factory) -> Iterator[str]:
+    """`mlflow models serve -m models:/osteo-cnn21/latest --env-manager local` on a free port."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # the virtualenv, as after `source .venv/bin/activate`
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served_project["tracking_uri"],
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/osteo-cnn21/latest",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command, f"{url}/ping", tmp_path_factory.mktemp("serve") / "serve.log",
+                        cwd=served_project["root"], env=env, timeout_s=START_TIMEOUT_S):
+        yield url

@@ -104,3 +104,17 @@ def test_a_model_that_takes_arrays_is_refused_with_what_to_do(tmp_path: Path):
     mlflow.tensorflow.save_model(tiny_image_model(), str(tmp_path / "model"), pip_requirements=["tensorflow"])
     with pytest.raises(click.ClickException, match="does not take raw scans.*kedro run --pipelines=train_cnn21"):
         load_classifier(str(tmp_path / "model"), f"sqlite:///{tmp_path / 'unused.db'}")
+
+
+def test_a_truncated_model_artifact_is_named(served_project: dict, scans: dict[str, Path], tmp_path: Path):
+    """A copy of the registered model whose Keras file was cut short (a full disk, a killed copy)."""
+    logged = sorted(p.parent for p in served_project["root"].rglob("MLmodel") if (p.parent / "artifacts").is_dir())
+    assert logged, "no logged raw-scan model in the served project"
+    model = Path(shutil.copytree(logged[0], tmp_path / "model"))
+    (keras_file,) = model.rglob("*.keras")
+    keras_file.write_bytes(keras_file.read_bytes()[: keras_file.stat().st_size // 2])
+    done = osteo("predict", str(scans["normal"]), "--model", str(model), cwd=tmp_path, tracking_uri=None)
+    assert done.returncode != 0
+    said = " ".join(done.stderr.split())
+    assert f"its file {keras_file.relative_to(tmp_path)} is truncated or corrupt" in said, said[-2000:]
+    assert "Traceback" not in done.stderr

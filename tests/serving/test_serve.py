@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
-import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,12 +16,10 @@ import pytest
 
 from osteo_pipeline.imaging.decode import decode_scan
 from osteo_pipeline.serving.model import request_body
-from osteo_testkit import free_port, server_process
 
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
-START_TIMEOUT_S = 180
 
 
 def call(url: str, body: bytes | dict | None = None) -> tuple[int, dict]:
@@ -38,21 +32,6 @@ def call(url: str, body: bytes | dict | None = None) -> tuple[int, dict]:
             return response.status, json.loads(text) if text.strip() else {}
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
-
-
-@pytest.fixture(scope="module")
-def server(served_project: dict, tmp_path_factory) -> Iterator[str]:
-    """`mlflow models serve -m models:/osteo-cnn21/latest --env-manager local` on a free port."""
-    port = free_port()
-    bin_dir = Path(sys.executable).parent  # the virtualenv, as after `source .venv/bin/activate`
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served_project["tracking_uri"],
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/osteo-cnn21/latest",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(command, f"{url}/ping", tmp_path_factory.mktemp("serve") / "serve.log",
-                        cwd=served_project["root"], env=env, timeout_s=START_TIMEOUT_S):
-        yield url
 
 
 def as_dicom(data: bytes) -> bytes:
@@ -135,7 +114,7 @@ def bad_requests() -> dict[str, tuple[bytes | dict, str]]:
         "no scans": ({"dataframe_split": {"columns": ["image"], "data": []}}, "holds no scans"),
         "not base64": ({"dataframe_split": {"columns": ["image"], "data": [["%%% not base64"]]}}, "base64"),
         "decompression bomb": (request_body([png_bomb()], ["bomb.png"]),
-                               "Cannot decode bomb.png: 10000x10000x1 pixels exceed the limit of 50000000"),
+                               "Cannot decode bomb.png: 10000x10000 pixels (100000000) exceed ingest.max_pixels = 50000000"),
     }
 
 

@@ -6,14 +6,17 @@ Request to ``mlflow models serve`` (binary columns travel base64-encoded)::
 
 ``name`` is optional and only labels error messages. Response: one row per scan with ``label``,
 ``p_<class>`` for every class and the ROI used (``roi_source``: ``auto`` or ``whole``, and
-``roi_x0, roi_y0, roi_x1, roi_y1`` in scan pixels). A scan that cannot be decoded (not an
-image, empty, over the pixel limit...) fails the request with HTTP 400 naming the scan.
+``roi_x0, roi_y0, roi_x1, roi_y1`` in scan pixels). A bad request gets HTTP 400 naming the
+problem: a scan that cannot be decoded (not an image, empty, over the pixel limit...) by its
+name, a value that is not scan bytes, more than ``max_rows_per_request`` scans (model config).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
@@ -37,6 +40,51 @@ from osteo_pipeline.training.data import scale_images
 KERAS_ARTIFACT = "keras_model"
 ENTRY = Path(__file__).with_name("entry.py")  # MLflow "models from code": the file that names the class
 ROI_COLUMNS = ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]
+# Scans per request: a bound on one request's work and memory (decoding is per scan, the
+# network runs in chunks); the logged model config carries it as ``max_rows_per_request``.
+MAX_ROWS_PER_REQUEST = 64
+PREDICT_CHUNK = 16  # scans per network call: bounds activation memory of a full request
+NAME_CHARS = 80  # a client's scan name is echoed in errors: this much of it
+
+
+def bad_request(message: str) -> MlflowException:
+    """An error the scoring server answers with HTTP 400 and ``message``."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def scan_label(name: Any, index: int) -> str:
+    """How errors name a scan: its (shortened) ``name`` when the client gave one, else its row."""
+    if isinstance(name, str) and name.strip():
+        return name if len(name) <= NAME_CHARS else name[:NAME_CHARS] + "..."
+    return f"scan {index}"
+
+
+def guard_scoring_server() -> None:
+    """Make MLflow's scoring server answer two client faults with a 4xx instead of a 500.
+
+    It lets a JSON body nested too deeply for Python's parser (``RecursionError``) and a POST
+    without ``Content-Type`` (``None.split``) escape as "Internal Server Error"; both are the
+    request's fault, and say so now. Wraps the module's ``invocations``, which its request
+    handler looks up per request. Idempotent; a no-op outside the scoring server process.
+    """
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    if server is None or getattr(server.invocations, "osteo_guarded", False):
+        return
+    handle = server.invocations
+
+    @functools.wraps(handle)
+    def invocations(data: Any, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        if not content_type:
+            return server.InvocationsResponse(
+                response="The request has no Content-Type header: send JSON as application/json",
+                status=415, mimetype="text/plain")
+        try:
+            return handle(data, content_type, model, input_schema)
+        except RecursionError:
+            raise MlflowException("The request JSON is nested too deeply to parse", error_code=BAD_REQUEST) from None
+
+    invocations.osteo_guarded = True
+    server.invocations = invocations
 
 
 def probability_column(class_name: str) -> str:
@@ -49,6 +97,7 @@ class ScanClassifier(mlflow.pyfunc.PythonModel):
     network: keras.Model
     class_names: list[str]
     preprocessing: ScanPreprocessing
+    max_rows: int
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         config = context.model_config or {}
@@ -56,7 +105,27 @@ class ScanClassifier(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"model config lacks class_names/preprocessing: {sorted(config)}")
         self.class_names = list(config["class_names"])
         self.preprocessing = ScanPreprocessing.from_dict(config["preprocessing"])
+        self.max_rows = int(config.get("max_rows_per_request", MAX_ROWS_PER_REQUEST))  # older models lack it
         self.network = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        self._forward = self.forward_function()
+        guard_scoring_server()
+
+    def forward_function(self) -> Any:
+        """Scaling and the network as one traced graph, traced once (any batch size).
+
+        ``Model.predict`` builds a data adapter and its own loop per call (~70 ms on one scan
+        on 2 CPU cores); a traced call is the same arithmetic without that per-call overhead.
+        """
+        import tensorflow as tf
+
+        size = self.preprocessing.size
+        network = self.network
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+        def forward(images: tf.Tensor) -> tf.Tensor:
+            return network(scale_images(images), training=False)
+
+        return forward
 
     def prepare(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, RoiChoice]:
         """One scan's uint8 model input and the ROI used; raises ``ScanDecodeError``."""
@@ -64,7 +133,8 @@ class ScanClassifier(mlflow.pyfunc.PythonModel):
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) of uint8 model inputs (N, S, S, 3), scaled as in training."""
-        return np.asarray(self.network.predict(scale_images(images), verbose=0), dtype=np.float64)
+        chunks = [self._forward(images[i : i + PREDICT_CHUNK]).numpy() for i in range(0, len(images), PREDICT_CHUNK)]
+        return np.concatenate(chunks).astype(np.float64)
 
     def table(self, probabilities: np.ndarray, rois: Sequence[RoiChoice]) -> pd.DataFrame:
         """The response rows: label, one probability per class, the ROI used."""
@@ -81,16 +151,23 @@ class ScanClassifier(mlflow.pyfunc.PythonModel):
         """Label and probabilities per scan of a frame with an ``image`` column of raw scan bytes."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in frame.columns:
-            raise MlflowException(f"the request needs an 'image' column of scan bytes; got {list(frame.columns)}",
-                                  error_code=INVALID_PARAMETER_VALUE)
+            raise bad_request(f"the request needs an 'image' column of scan bytes; got {list(frame.columns)}")
         if frame.empty:
-            raise MlflowException("the request holds no scans", error_code=INVALID_PARAMETER_VALUE)
+            raise bad_request("the request holds no scans")
+        if len(frame) > self.max_rows:
+            # before any decoding: the work a request may ask for is bounded
+            raise bad_request(f"the request holds {len(frame)} scans; send at most {self.max_rows} scans "
+                              "per request (model config max_rows_per_request)")
         names = frame["name"] if "name" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
         images, rois, errors = [], [], []
         for i, (data, name) in enumerate(zip(frame["image"], names, strict=True)):
-            label = name if isinstance(name, str) and name else f"scan {i}"
+            label = scan_label(name, i)
             if not isinstance(data, bytes | bytearray | memoryview):
-                errors.append(f"Cannot decode {label}: expected scan bytes, got {type(data).__name__}")
+                errors.append(f"Cannot decode {label}: expected scan bytes (base64 in JSON), got {type(data).__name__}")
+                continue
+            if not data:  # base64 decoding drops characters outside its alphabet: say so
+                errors.append(f"Cannot decode {label}: empty file (0 bytes after base64 decoding: "
+                              "an empty string or no base64 characters)")
                 continue
             try:
                 image, roi = self.prepare(bytes(data), label)
@@ -101,8 +178,8 @@ class ScanClassifier(mlflow.pyfunc.PythonModel):
             rois.append(roi)
         if errors:
             # 400, not 500: the request is at fault, and the server goes on serving.
-            raise MlflowException(f"{len(errors)} of {len(frame)} scans rejected: " + "; ".join(errors),
-                                  error_code=INVALID_PARAMETER_VALUE)
+            raise bad_request(f"{len(errors)} of {len(frame)} scans rejected: " + "; ".join(errors[:10])
+                              + (f"; and {len(errors) - 10} more" if len(errors) > 10 else ""))
         return self.table(self.probabilities(np.stack(images)), rois)
 
 
@@ -146,7 +223,8 @@ def log_scan_classifier(
     Keras file as an artifact, the settings as model config), register it; return its URI."""
     if tuple(network.input_shape[1:3]) != (preprocessing.size, preprocessing.size):
         raise ValueError(f"model input {network.input_shape} does not match preprocessing size {preprocessing.size}")
-    config = {"class_names": list(class_names), "preprocessing": preprocessing.to_dict()}
+    config = {"class_names": list(class_names), "preprocessing": preprocessing.to_dict(),
+              "max_rows_per_request": MAX_ROWS_PER_REQUEST}
     with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"
         network.save(keras_file)
