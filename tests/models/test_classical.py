@@ -130,3 +130,20 @@ def test_make_classifier_kinds_and_params() -> None:
     assert (forest.max_depth, forest.class_weight, forest.random_state) == (4, "balanced", 1)
     with pytest.raises(ValueError):
         make_classifier("knn", {}, seed=0)  # type: ignore[arg-type]
+
+
+def test_svm_calibrates_when_a_class_has_fewer_scans_than_calibration_folds():
+    """A small fold (3 scans of one class) must not stop the SVM; with enough scans it is plain cv=5."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from osteo_pipeline.models.classical import CalibrationFolds, make_classifier
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(13, 4)), columns=list("abcd"))
+    y = np.array([0] * 10 + [1] * 3)
+    fitted = make_classifier("svm", seed=0).fit(x, y)
+    assert fitted.predict_proba(x).shape == (13, 2)
+    y_big = np.array([0, 1] * 10)
+    ours = [(list(a), list(b)) for a, b in CalibrationFolds(5).split(np.zeros(20), y_big)]
+    plain = [(list(a), list(b)) for a, b in StratifiedKFold(5).split(np.zeros(20), y_big)]
+    assert ours == plain and CalibrationFolds(5).get_n_splits(y=y) == 3

@@ -21,7 +21,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import PredefinedSplit, cross_validate
+from sklearn.model_selection import PredefinedSplit, StratifiedKFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
@@ -121,6 +121,24 @@ def handcrafted_features(images: np.ndarray) -> pd.DataFrame:
     return pd.concat([intensity_features(gray), texture], axis=1)
 
 
+class CalibrationFolds:
+    """Stratified folds for the SVM's sigmoid calibration: ``k``, or fewer when a class has fewer
+    than ``k`` training scans (a small fold of a small cohort), where a fixed ``cv=k`` would stop
+    the run. With enough scans it is exactly scikit-learn's ``cv=k``."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+
+    def _folds(self, y: Any) -> int:
+        return max(2, min(self.k, int(np.unique(np.asarray(y), return_counts=True)[1].min())))
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:  # noqa: N803 - sklearn's API
+        return self.k if y is None else self._folds(y)
+
+    def split(self, X: Any, y: Any, groups: Any = None):  # noqa: N803
+        return StratifiedKFold(self._folds(y)).split(X, y)
+
+
 def _estimator(kind: Kind, params: Mapping[str, Any], seed: int) -> ClassifierMixin:
     """The unfitted classifier; class weights balanced as for the CNN.
 
@@ -129,7 +147,7 @@ def _estimator(kind: Kind, params: Mapping[str, Any], seed: int) -> ClassifierMi
     """
     if kind == "svm":
         svc = SVC(kernel="rbf", class_weight="balanced", random_state=seed, **{"C": 1.0, "gamma": "scale", **params})
-        return CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False)
+        return CalibratedClassifierCV(svc, method="sigmoid", cv=CalibrationFolds(5), ensemble=False)
     if kind == "random_forest":
         return RandomForestClassifier(class_weight="balanced", random_state=seed, **{"n_estimators": 300, **params})
     raise ValueError(f"unknown classifier kind {kind!r}: use 'svm' or 'random_forest'")

@@ -107,3 +107,19 @@ def test_fingerprint_changes_with_data():
     assert fp["n_scans"] == 174 and fp["split_seed"] == 42
     fewer = manifest.iloc[1:]
     assert data_fingerprint(fewer, split_patients(fewer, PARAMS, 42), 42)["manifest_sha256"] != fp["manifest_sha256"]
+
+
+def test_the_split_does_not_depend_on_the_pseudonym_key():
+    """Same scans, same seed, pseudonyms under two different keys: the same scans in the same partitions and folds."""
+    from osteo_pipeline.pipelines.ingest.privacy import pseudonymise
+    from osteo_pipeline.pipelines.split_augment.nodes import split_patients
+
+    rng = np.random.default_rng(3)
+    rows = [{"scan_id": f"{rng.integers(0, 2**63):016x}", "patient": f"p{p}", "label": label}
+            for p, label in enumerate(["normal"] * 14 + ["osteoporosis"] * 16) for _ in range(1 + p % 2)]
+    tables = []
+    for key in ("one-key", "another-key"):
+        manifest = pd.DataFrame(rows).assign(patient_id=lambda m, k=key: m["patient"].map(lambda p: pseudonymise(p, k)))
+        split = split_patients(manifest.drop(columns="patient"), {"n_folds": 3, "test_size": 0.3}, seed=42)
+        tables.append(split.set_index("scan_id")[["partition", "fold"]].sort_index())
+    pd.testing.assert_frame_equal(tables[0], tables[1])

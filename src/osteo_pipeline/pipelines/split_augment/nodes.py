@@ -29,10 +29,16 @@ class SplitError(ValueError):
 
 
 def _patient_table(manifest: pd.DataFrame) -> pd.Series:
-    """One label per patient: the most severe of their scans, so a patient is stratified once."""
+    """One label per patient: the most severe of their scans, so a patient is stratified once.
+
+    Patients come in the order of their first scan's content hash, not of their pseudonyms: a
+    pseudonym depends on the project's secret key, and the same scans and seed must give the
+    same split on every machine.
+    """
     severity = manifest["label"].map(SEVERITY)
     worst = severity.groupby(manifest["patient_id"]).max()
-    return worst.map({v: k for k, v in SEVERITY.items()})
+    order = manifest.groupby("patient_id")["scan_id"].min().sort_values().index
+    return worst.loc[order].map({v: k for k, v in SEVERITY.items()})
 
 
 def _check_enough_patients(patient_labels: pd.Series, needed: int, what: str) -> None:
@@ -74,7 +80,9 @@ def split_patients(scan_manifest: pd.DataFrame, params: dict[str, Any], seed: in
     _check_enough_patients(patients.loc[train_p], n_folds, f"{n_folds}-fold cross-validation on the training part")
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     train_rows = table.index[train]
-    for fold, (_, val_idx) in enumerate(cv.split(train_rows, table.loc[train, "label"], table.loc[train, "patient_id"])):
+    rank = pd.Series(np.arange(len(patients)), index=patients.index)  # key-independent group labels
+    groups = table.loc[train, "patient_id"].map(rank)
+    for fold, (_, val_idx) in enumerate(cv.split(train_rows, table.loc[train, "label"], groups)):
         table.loc[train_rows[val_idx], "fold"] = fold
     table = table.sort_values(["partition", "fold", "scan_id"]).reset_index(drop=True)
     assert_patients_disjoint(table)  # at run time, every run: a leak here would void every figure downstream
