@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 .PHONY: run install cohort test lock viz mlflow-ui bench clean-data rerun airflow-venv airflow-dag
 
 run: install cohort  ## set up, write the embedded cohort if data/01_raw has no scans, run every pipeline
-	$(BIN)/kedro run
+	$(BIN)/kedro run $(if $(filter-out data/01_raw,$(RAW_DIR)),--params='raw_dir=$(RAW_DIR)')
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ cohort: install  ## the synthetic spine DXA cohort (paper 1, Table 2), only if t
 test: install airflow-venv  ## the whole test suite (test-scale Kedro environment, real code paths)
 	@# loadfile: a module's tests share one worker, so its module-scoped fixtures (a trained project,
 	@# a server) are built once (xdist_group marks went unhonoured with pytest 9.2 + pytest-xdist 3.8).
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=30
 
 lock:  ## refresh constraints.txt from the current virtualenv
 	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^osteo'; } > constraints.new && mv constraints.new constraints.txt

@@ -43,7 +43,8 @@ FEATURE_STEP = "features"
 # our feature function and scikit-learn internals. We write these files ourselves.
 SKOPS_TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
     "svm": ("numpy.dtype", "osteo_pipeline.models.classical.handcrafted_features",
-            "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"),
+            "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+            "osteo_pipeline.models.classical.CalibrationFolds"),
     "random_forest": ("numpy.dtype", "osteo_pipeline.models.classical.handcrafted_features", "sklearn.tree._tree.Tree"),
 }
 
