@@ -1,10 +1,16 @@
 """Project settings: config loader and hooks (kedro-mlflow registers its own hooks)."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from osteo_pipeline.hooks import CheckInputsHook, RunGuardHook
 from osteo_pipeline.ingest_hooks import IngestReportHook
+
+# A warning nobody running this project can act on, printed four times on every command:
+# OmegaConf's register_new_resolver deprecation, raised inside Kedro and kedro-mlflow.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 # A run whose inputs have not been made yet stops at once, naming the pipelines to run first;
 # a run that stops in ingest leaves a failed ingest_report.json, not the previous one.
