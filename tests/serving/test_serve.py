@@ -59,7 +59,9 @@ def as_dicom(data: bytes) -> bytes:
 
 def as_jpeg(data: bytes) -> bytes:
     pixels = decode_scan(data).pixels
-    eight_bit = (pixels >> 8).astype(np.uint8) if pixels.dtype == np.uint16 else pixels
+    # scaled to its own range, as an export would: 12-bit data shifted by 8 bits keeps 16 grey levels,
+    # which ingest (and so serving) rightly refuses as degenerate
+    eight_bit = (pixels * (255.0 / pixels.max())).astype(np.uint8) if pixels.dtype == np.uint16 else pixels
     ok, encoded = cv2.imencode(".jpg", eight_bit, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
     return encoded.tobytes()
@@ -115,6 +117,9 @@ def bad_requests() -> dict[str, tuple[bytes | dict, str]]:
         "not base64": ({"dataframe_split": {"columns": ["image"], "data": [["%%% not base64"]]}}, "base64"),
         "decompression bomb": (request_body([png_bomb()], ["bomb.png"]),
                                "Cannot decode bomb.png: 10000x10000 pixels (100000000) exceed ingest.max_pixels = 50000000"),
+        # ingest excludes it as degenerate, so the served model must not classify it either
+        "flat image": (request_body([cv2.imencode(".png", np.full((300, 200), 127, np.uint8))[1].tobytes()], ["flat.png"]),
+                       "Cannot decode flat.png: degenerate image, not a radiograph: no dynamic range"),
     }
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from osteo_pipeline.imaging.decode import decode_scan
+from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
 from osteo_pipeline.imaging.preprocess import RoiChoice, choose_roi, crop_resize
+from osteo_pipeline.imaging.quality import degenerate_reason
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,9 @@ class ScanPreprocessing:
     """The settings that turn one raw scan into one model input.
 
     ``size``: the model's input side in pixels; ``margin``, ``low_percentile``,
-    ``high_percentile``: the ``roi_resize`` parameters; ``max_pixels``: ingest's decompression-bomb
-    limit (a scan ingest would refuse is refused here too).
+    ``high_percentile``: the ``roi_resize`` parameters; ``max_pixels`` and ``degenerate``: ingest's
+    decompression-bomb limit and degenerate-image limits (a scan ingest would refuse is refused here
+    too; models logged before ``degenerate`` existed have none and skip that check).
     """
 
     size: int
@@ -32,6 +34,7 @@ class ScanPreprocessing:
     low_percentile: float
     high_percentile: float
     max_pixels: int
+    degenerate: dict[str, float] | None = None
 
     @classmethod
     def from_params(cls, settings: Mapping[str, Any], size: int) -> ScanPreprocessing:
@@ -42,7 +45,8 @@ class ScanPreprocessing:
     def from_dict(cls, values: Mapping[str, Any]) -> ScanPreprocessing:
         """From ``to_dict()`` output (a logged model's config); names what is missing or unknown."""
         names = {f.name for f in fields(cls)}
-        missing, unknown = names - set(values), set(values) - names
+        required = {f.name for f in fields(cls) if f.default is not None}
+        missing, unknown = required - set(values), set(values) - names
         if missing or unknown:
             raise ValueError(
                 f"scan preprocessing settings: missing {sorted(missing)}, unknown {sorted(unknown)}; "
@@ -50,7 +54,8 @@ class ScanPreprocessing:
             )
         return cls(size=int(values["size"]), margin=float(values["margin"]),
                    low_percentile=float(values["low_percentile"]), high_percentile=float(values["high_percentile"]),
-                   max_pixels=int(values["max_pixels"]))
+                   max_pixels=int(values["max_pixels"]),
+                   degenerate={k: float(v) for k, v in values["degenerate"].items()} if values.get("degenerate") else None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,12 +67,17 @@ class ScanPreprocessing:
         ``roi_resize`` does for a scan without a ``roi.csv`` row. Raises ``ScanDecodeError``.
         """
         pixels = decode_scan(data, name=name, max_pixels=self.max_pixels).pixels
+        if self.degenerate and (why := degenerate_reason(pixels, int(self.degenerate["min_side"]),
+                                                         self.degenerate["max_aspect"],
+                                                         self.degenerate["min_dynamic_range"])):
+            raise ScanDecodeError(name, f"degenerate image, not a radiograph: {why}", "degenerate")
         choice = choose_roi(pixels, None, self.margin)
         return crop_resize(pixels, choice.box, self.size, self.low_percentile, self.high_percentile), choice
 
 
-def preprocessing_settings(roi_resize: Mapping[str, Any], max_pixels: int) -> dict[str, Any]:
-    """The ``params:roi_resize`` values and ingest's ``max_pixels`` a served model needs (the input
-    size comes from the model itself)."""
+def preprocessing_settings(roi_resize: Mapping[str, Any], ingest: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``params:roi_resize`` values and ingest's limits (``max_pixels``, ``degenerate``) a served
+    model needs (the input size comes from the model itself)."""
     return {"margin": float(roi_resize["margin"]), "low_percentile": float(roi_resize["low_percentile"]),
-            "high_percentile": float(roi_resize["high_percentile"]), "max_pixels": int(max_pixels)}
+            "high_percentile": float(roi_resize["high_percentile"]), "max_pixels": int(ingest["max_pixels"]),
+            "degenerate": {k: float(v) for k, v in ingest["degenerate"].items()}}

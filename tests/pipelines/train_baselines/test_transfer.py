@@ -44,7 +44,7 @@ def test_one_template_in_four_namespaces_sharing_the_upstream_inputs():
         assert {n.namespace for n in own.nodes} == {name}
         assert own.inputs() == SHARED_INPUTS | {
             "params:label_scheme", "params:seed", "params:train_baselines", f"params:train_baselines.{name}",
-            "params:roi_resize", "params:ingest.max_pixels"}  # the served model repeats roi_resize on raw scans
+            "params:roi_resize", "params:ingest"}  # the served model repeats roi_resize on raw scans
         assert own.all_outputs() == {f"{name}.{o}" for o in OUTPUTS}
         assert catalog.get(f"{name}.model")._filepath.name == f"{name}.keras"  # a dataset factory names the file
     transfer = pipeline.only_nodes_with_namespaces(list(TRANSFER))

@@ -67,13 +67,13 @@ def fit_final_cnn21(
     params: dict[str, Any],
     seed: int,
     roi_resize: dict[str, Any],
-    max_pixels: int,
+    ingest: dict[str, Any],
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit CNN21 at the chosen learning rate on the whole training partition; model and report.
-    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings."""
+    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings and ingest's limits."""
     builder, config = _builder_and_config(params, seed)
     return final_fit(
         builder, training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
         augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,
-        preprocessing=preprocessing_settings(roi_resize, max_pixels),
+        preprocessing=preprocessing_settings(roi_resize, ingest),
     )

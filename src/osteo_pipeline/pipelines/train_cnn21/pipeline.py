@@ -6,7 +6,7 @@ from osteo_pipeline.pipelines.train_cnn21.nodes import cross_validate_cnn21, fit
 
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
 # How raw scans became model input: the registered model repeats it on raw scans (serving).
-_SERVING_PARAMS = ["params:roi_resize", "params:ingest.max_pixels"]
+_SERVING_PARAMS = ["params:roi_resize", "params:ingest"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:

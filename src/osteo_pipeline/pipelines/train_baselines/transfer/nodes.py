@@ -114,17 +114,17 @@ def fit_final_transfer(
     params: dict[str, Any],
     seed: int,
     roi_resize: dict[str, Any],
-    max_pixels: int,
+    ingest: dict[str, Any],
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit at the chosen rate on the whole training partition; the whole float32 network and a
     report, which also gives how far the network's own predictions are from the cached path's.
-    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings."""
+    The registered model takes raw scans, preprocessed with ``roi_resize``'s settings and ingest's limits."""
     config = _config(params, model, seed)
     network, report = final_fit(
         frozen.builder, frozen.training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
         augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,
         streams=TransferStreams(frozen, config.batch_size), fit=fit_phases,
-        preprocessing=preprocessing_settings(roi_resize, max_pixels),
+        preprocessing=preprocessing_settings(roi_resize, ingest),
     )
     _, val_idx = final_split(frozen.training_set, config.final_val_fraction, config.seed)
     gap = export_gap(network, frozen, val_idx, config.batch_size)

@@ -16,7 +16,7 @@ from osteo_pipeline.pipelines.train_baselines.transfer.nodes import (
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
 _PARAMS = ["params:model", "params:train_baselines", "params:seed"]
 # How raw scans became model input: the registered model repeats it on raw scans (serving).
-_SERVING_PARAMS = ["params:roi_resize", "params:ingest.max_pixels"]
+_SERVING_PARAMS = ["params:roi_resize", "params:ingest"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
