@@ -88,7 +88,7 @@ def test_semicolon_cp1252_and_nfd_names_are_read_and_reported(write_scan, write_
 
 @pytest.mark.parametrize("content, message", [
     (b"file,diagnosis\nnormal/a.png,normal\n",
-     r"labels.csv has no 'label' column: columns found: file, diagnosis; expected columns file, label"),
+     r"labels.csv has no 'label' column: columns found: file, 1 undeclared \(names not shown: the first line may be data\); expected columns file, label"),
     (b"image;diagnosis\nnormal/a.png;normal\n", r"no 'file' or 'label' column \(delimiter ';' detected\)"),
     (b"file,label\nnormal/a.png,normal\x81\x8d\n", r"labels.csv is not UTF-8 \(byte 0x81 at offset 30\) and not cp1252"),
     (b"", r"labels.csv is empty"),
@@ -161,3 +161,31 @@ def test_pseudonym_key_is_made_once_private_and_never_described(tmp_path, monkey
     assert dataset.load() == "forced"
     with pytest.raises(Exception, match="created on first use"):
         dataset.save("x")
+
+
+def test_a_headerless_csv_or_an_unknown_folder_never_echoes_what_it_holds(write_scan, write_file, run_ingest, caplog):
+    """A labels CSV without its header line has a row of data where the header should be, and an
+    unknown folder may be named after a patient: neither reaches the error, the report or the log."""
+    write_scan("normal/a.png", 1)
+    write_scan("normal/b.png", 2)
+    write_scan("osteoporosis/c.png", 3)
+    write_scan("Smith_John/d.png", 4)
+    write_file("labels.csv", "normal/a.png,normal,MRN-4711,DOE^JANE\n")
+    with pytest.raises(TableError) as err:
+        run_ingest()
+    assert "4 undeclared (names not shown" in str(err.value)
+    for secret in ("MRN-4711", "DOE", "a.png"):
+        assert secret not in str(err.value)
+    labels = write_file("labels.csv", "file,label,notes\nnormal/a.png,Mrs Doe said fine,\n")
+    with caplog.at_level("INFO"):
+        _, with_table = run_ingest()
+        labels.unlink()
+        _, with_folders = run_ingest()
+    said = json.dumps([with_table, with_folders]) + caplog.text
+    assert "Smith" not in said and "Mrs Doe" not in said
+    (label_detail,) = [e["detail"] for e in with_table["excluded"] if e["reason"] == "unknown_label"]
+    assert label_detail.startswith("its label in ") and label_detail.endswith(
+        " is not a known class (known: normal, osteopenia, osteoporosis and their aliases in ingest.classes)")
+    assert [e["detail"] for e in with_folders["excluded"]] == [
+        "its top folder is not a known class (known: normal, osteopenia, osteoporosis and their aliases in "
+        "ingest.classes)"]

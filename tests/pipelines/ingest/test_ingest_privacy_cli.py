@@ -144,7 +144,7 @@ def test_a_labels_csv_without_label_column_stops_and_says_why(hostile, tmp_path)
     run = _kedro(project, f"raw_dir={raw}")
     said = _said(run)
     assert run.returncode != 0
-    assert "labels.csv has no 'label' column (delimiter ';' detected): columns found: file, diagnosis" in said
+    assert "labels.csv has no 'label' column (delimiter ';' detected): columns found: file, 1 undeclared (names not shown: the first line may be data)" in said
     report = json.loads((project / "data/08_reporting/ingest_report.json").read_text())
     assert report["status"] == "failed" and "no 'label' column" in report["error"]
 

@@ -264,8 +264,8 @@ def _spellings(names: list[str]) -> set[str]:
 
 def _allowed_columns(header: list[str], params: dict[str, Any]) -> dict[str, Any]:
     """Which CSV columns pass: the patient id column, allow-listed clinical columns; the rest is dropped."""
-    patient = next((h for s in _spellings_ordered(params["patient_id_columns"]) for h in header
-                    if normalise_header(h) == s), None)
+    patient = next((h for s in params["patient_id_columns"] for h in header
+                    if normalise_header(h) == normalise_header(s)), None)
     known = spelling_map(params["clinical_columns"], params.get("extra_clinical_columns") or [])
     clinical: dict[str, str] = {}  # canonical name -> header as spelled in the CSV
     dropped = []
@@ -280,15 +280,13 @@ def _allowed_columns(header: list[str], params: dict[str, Any]) -> dict[str, Any
     return {"patient_id_column": patient, "clinical_columns": clinical, "dropped_columns": dropped}
 
 
-def _spellings_ordered(names: list[str]) -> list[str]:
-    return list(dict.fromkeys(normalise_header(n) for n in names))
-
-
 def _read_label_table(raw_scans: dict[str, Callable[[], bytes]], name: str, sources: list[str],
                       params: dict[str, Any], found: dict[str, list]) -> tuple[pd.DataFrame, dict[str, Any]]:
     columns = params["table_columns"]
+    declared = frozenset(spelling_map(params["clinical_columns"], params.get("extra_clinical_columns") or [])) | \
+        _spellings(params["patient_id_columns"])
     table, notes = read_table(_load_table(raw_scans, name), name,
-                              {"file": _spellings(columns["file"]), "label": _spellings(columns["label"])})
+                              {"file": _spellings(columns["file"]), "label": _spellings(columns["label"])}, declared)
     header = [c for c in table.columns if c not in ("file", "label", "line")]
     allowed = _allowed_columns(header, params)
     # Everything not allow-listed is dropped here, unread: names, dates, free text never go further.
@@ -342,6 +340,10 @@ def _folder_label(source: str, aliases: dict[str, str]) -> tuple[str | None, str
     return label, (folders[0] if folders else None)
 
 
+def _known(aliases: dict[str, str]) -> str:
+    return f"known: {', '.join(sorted(set(aliases.values())))} and their aliases in ingest.classes"
+
+
 def _resolve_label(source: str, table_labels: dict[str, list] | None, table_name: str | None,
                    aliases: dict[str, str]) -> tuple[str | None, str, str]:
     """Return (label, reason, detail); label None means excluded for ``reason``.
@@ -354,7 +356,8 @@ def _resolve_label(source: str, table_labels: dict[str, list] | None, table_name
         raw = [str(v).strip() for v in table_labels[source] if not pd.isna(v) and str(v).strip()]
         unknown = sorted({v for v in raw if normalise_header(v) not in aliases})
         if unknown:
-            return None, "unknown_label", f"{table_name} label '{', '.join(unknown)}' is not a known class"
+            # The cell is not echoed: a column of free text read as labels would carry it into the report.
+            return None, "unknown_label", f"its label in {table_name} is not a known class ({_known(aliases)})"
         labels = sorted({aliases[normalise_header(v)] for v in raw})
         if not labels:
             if folder_label:
@@ -370,8 +373,8 @@ def _resolve_label(source: str, table_labels: dict[str, list] | None, table_name
     if table_labels is not None:
         return None, "no_label", f"not listed in {table_name} and not in a class folder"
     if top_folder:
-        # The folder name is the user's class name, not a file name: safe to show.
-        return None, "unknown_label", f"folder '{top_folder}' is not a known class"
+        # Not echoed: an unknown folder name may be a patient's (Smith_John/scan.png).
+        return None, "unknown_label", f"its top folder is not a known class ({_known(aliases)})"
     return None, "no_label", "not in a class folder and no labels table"
 
 

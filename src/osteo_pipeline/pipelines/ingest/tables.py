@@ -56,11 +56,14 @@ def _header_fields(text: str, delimiter: str) -> list[str]:
     return [f.strip() for f in first]
 
 
-def read_table(data: bytes, name: str, required: Mapping[str, set[str]]) -> tuple[pd.DataFrame, list[str]]:
+def read_table(data: bytes, name: str, required: Mapping[str, set[str]],
+               declared: frozenset[str] = frozenset()) -> tuple[pd.DataFrame, list[str]]:
     """Parse a CSV table (every value as text) whose header has the ``required`` columns.
 
     ``required`` maps each required canonical column to its accepted normalised spellings; the
     header keeps its spelling (for the report), the required columns are renamed to canonical.
+    An error names only header fields whose spelling is required or ``declared``: a file without
+    a header line has a row of data there (a file name, an id, a patient's name).
     Returns the table (with ``line``, its 1-based CSV line) and notes on what was detected.
 
     Raises:
@@ -88,8 +91,12 @@ def read_table(data: bytes, name: str, required: Mapping[str, set[str]]) -> tupl
         found = {normalise_header(h) for h in header}
         missing = [c for c, spellings in required.items() if not found & spellings]
         said = f" (delimiter {_DELIMITER_NAMES[delimiter]} detected)" if delimiter != "," else ""
+        known = set(declared).union(*required.values())
+        shown = [h for h in header if normalise_header(h) in known]
+        if hidden := len(header) - len(shown):
+            shown.append(f"{hidden} undeclared (names not shown: the first line may be data)")
         raise TableError(f"{name} has no {' or '.join(repr(m) for m in missing)} column{said}: "
-                         f"columns found: {', '.join(header) or 'none'}; expected columns {', '.join(required)}")
+                         f"columns found: {', '.join(shown) or 'none'}; expected columns {', '.join(required)}")
     ((delimiter, header),) = fits.items()
     if delimiter != ",":
         notes.append(f"delimiter {_DELIMITER_NAMES[delimiter]}")
