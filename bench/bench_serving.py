@@ -25,7 +25,6 @@ import http.client
 import importlib.util
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -42,17 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # osteo_testkit: the project the serving tests build
 
 from osteo_testkit import TEST_COHORT, free_port, make_project, run_kedro  # noqa: E402
+from benchkit import cpu_info  # noqa: E402  (this folder)
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 GOAL_P50_MS = 100.0
-
-
-def cpu_info() -> dict:
-    text = Path("/proc/cpuinfo").read_text()
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return {"model": model or platform.processor(), "cores": os.cpu_count(),
-            "flags": {flag: flag in flags for flag in CPU_FLAGS}}
 
 
 def tensorflow_info() -> dict:

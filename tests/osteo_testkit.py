@@ -45,6 +45,11 @@ def make_project(root: Path) -> Path:
     return root
 
 
+def latest(path: Path) -> Path:
+    """The newest saved version of a versioned dataset."""
+    return sorted(p for p in path.iterdir() if p.is_dir())[-1] / path.name
+
+
 @contextmanager
 def in_project(project: Path, tracking_uri: str | None = None) -> Iterator[None]:
     """Inside ``project`` as `kedro run` is (relative catalog paths resolve against it), with

@@ -42,3 +42,12 @@ def test_cli_reports_only_what_is_missing(prepared_project: Path, tmp_path: Path
     assert "split_table: made by `split_augment`" in said
     assert "model_input_150" not in said.split("inputs not made yet")[1].split("Run first")[0]
     assert "kedro run --pipelines=roi_resize,split_augment,train_cnn21" in said
+
+
+def test_run_params_reach_mlflow_tags_only_as_plain_values():
+    from osteo_pipeline.hooks import NOT_RECORDED, redact_run_params
+
+    given = {"label_scheme": "three_class", "seed": 7, "fast": True, "raw_dir": "/data/Smith_John/scans",
+             "external_dir": "C:\\site\\ext", "note": "patient asked", "grid": [1, 2]}
+    assert redact_run_params(given) == {"label_scheme": "three_class", "seed": 7, "fast": True, "raw_dir": NOT_RECORDED,
+                                        "external_dir": NOT_RECORDED, "note": NOT_RECORDED, "grid": NOT_RECORDED}

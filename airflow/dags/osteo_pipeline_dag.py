@@ -117,11 +117,14 @@ def osteo_pipeline():
         "roi_contact_sheet": run_kedro_nodes.override(task_id="roi_contact_sheet")(
             PROJECT_PATH, KEDRO_ENV, PIPELINE, ["roi_contact_sheet"]
         ),
+        "roi_review": run_kedro_nodes.override(task_id="roi_review")(
+            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["roi_review"]
+        ),
         "train_cnn21": run_kedro_nodes.override(task_id="train_cnn21")(
             PROJECT_PATH, KEDRO_ENV, PIPELINE, ["select_cnn21_training_scans", "cross_validate_cnn21", "fit_final_cnn21"]
         ),
         "evaluate": run_kedro_nodes.override(task_id="evaluate")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["select_test_scans", "check_models", "predict_test_set", "compare_models", "compute_test_metrics", "explain_predictions", "plot_figures", "build_report", "report_figure_files"]
+            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["select_test_scans", "check_models", "predict_test_set", "compare_models", "compute_subgroup_metrics", "compute_test_metrics", "explain_predictions", "plot_figures", "build_report", "report_figure_files"]
         ),
         "svm": run_kedro_nodes.override(task_id="svm")(
             PROJECT_PATH, KEDRO_ENV, PIPELINE, ["svm.select_training_scans", "svm.extract_features", "svm.cross_validate", "svm.fit_final"]
@@ -164,6 +167,8 @@ def osteo_pipeline():
     tasks["data_fingerprint"] >> tasks["resnet50"]
     tasks["ingest"] >> tasks["roi_contact_sheet"]
     tasks["crop_and_resize"] >> tasks["roi_contact_sheet"]
+    tasks["ingest"] >> tasks["roi_review"]
+    tasks["crop_and_resize"] >> tasks["roi_review"]
     tasks["augmentation_policy"] >> tasks["train_cnn21"]
     tasks["crop_and_resize"] >> tasks["train_cnn21"]
     tasks["split_patients"] >> tasks["train_cnn21"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,35 @@ class RunGuardHook:
         if self._guard is not None:
             self._guard.fail(error)
             self._guard = None
+
+
+_SAFE_TAG_VALUE = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+NOT_RECORDED = "<not recorded>"
+
+
+def redact_run_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Run-time parameters as they may appear in MLflow: numbers, booleans and short plain tokens
+    (``three_class``, ``7``) pass; anything else (a folder path, free text, a nested value) is
+    replaced, since a scan folder's path can name a patient or a site."""
+    def safe(value: Any) -> bool:
+        return isinstance(value, (bool, int, float)) or (isinstance(value, str) and _SAFE_TAG_VALUE.fullmatch(value) is not None)
+
+    return {key: value if safe(value) else NOT_RECORDED for key, value in values.items()}
+
+
+class RedactRunParamsHook:
+    """kedro-mlflow copies the run-time parameters (``--params``) into its run's tags; rewrite them
+    through ``redact_run_params`` before any node runs, so a failing first node cannot leave a
+    ``raw_dir`` or ``external_dir`` path in a FAILED run."""
+
+    @hook_impl(trylast=True)  # after kedro-mlflow's before_pipeline_run has opened its run
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        import sys
+
+        mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when tracking; never here
+        if mlflow is None or mlflow.active_run() is None:
+            return
+        for key in ("runtime_params", "extra_params"):
+            values = run_params.get(key)
+            if values:
+                mlflow.set_tag(key, str(redact_run_params(dict(values))))

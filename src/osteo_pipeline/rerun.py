@@ -11,6 +11,9 @@ writes a new version). So this module first asks, without writing anything:
 2. Is every versioned output of the pipelines to re-run at least as new as that manifest? (A run
    that stopped half-way, or a stage never run, leaves older or missing outputs behind.)
 
+3. Does the ROI corrections file in the raw folder (``roi_resize.corrections.file``) give the
+   corrected boxes the saved ``roi_table`` was made with? A person fixing boxes is a data change.
+
 Only when one of them says no does it start one ordinary Kedro run of those pipelines (one
 ``KedroSession``: new catalog versions, old ones kept; one MLflow parent run, tagged afterwards
 with the new data fingerprint and scan count). Otherwise it says why nothing is to be done.
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "scan_manifest"
 INGEST = "ingest"
 FINGERPRINT = "data_fingerprint"
+ROI_TABLE = "roi_table"
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,40 @@ def made_from(dataset: str) -> set[str]:
     return set(project.from_inputs(dataset).all_outputs())
 
 
+def compare_roi_corrections(saved_roi_table: pd.DataFrame | None, corrections: dict[str, tuple[int, ...]]) -> str:
+    """What differs between the corrected boxes a saved ``roi_table`` used (``roi_source`` ``corrected``)
+    and those of the corrections file now, by ``file_ref``; empty when nothing does."""
+    applied: dict[str, tuple[int, ...]] = {}
+    if saved_roi_table is not None and "roi_source" in saved_roi_table.columns:
+        used = saved_roi_table[saved_roi_table["roi_source"] == "corrected"]
+        applied = {r.file_ref: (int(r.x0), int(r.y0), int(r.x1), int(r.y1)) for r in used.itertuples(index=False)}
+    new = sorted(ref for ref in corrections if ref not in applied)
+    changed = sorted(ref for ref in corrections if ref in applied and applied[ref] != tuple(corrections[ref]))
+    removed = sorted(ref for ref in applied if ref not in corrections)
+    parts = [f"{len(refs)} {what} ({', '.join(refs[:5])}{', ...' if len(refs) > 5 else ''})"
+             for what, refs in (("new", new), ("changed", changed), ("withdrawn", removed)) if refs]
+    return "; ".join(parts)
+
+
+def roi_corrections_change(catalog: Any, params: dict[str, Any], manifest: pd.DataFrame) -> str:
+    """``compare_roi_corrections`` for the raw folder's corrections file and the saved ``roi_table``."""
+    from osteo_pipeline.pipelines.roi_resize.nodes import RoiCorrectionError, read_roi_corrections
+
+    settings = (params.get("roi_resize") or {}).get("corrections") or {}
+    name = settings.get("file")
+    if not name or ROI_TABLE not in catalog or not catalog.exists(ROI_TABLE):
+        return ""  # no corrections configured, or roi_resize never ran (its versioned outputs are missing)
+    raw = catalog.load("raw_scans")
+    data = raw[name]() if name in raw else None
+    try:
+        corrections = read_roi_corrections(data, name, manifest, settings.get("on_invalid", "error"))
+    except RoiCorrectionError as error:
+        # Not "nothing to do": the run stops on these rows and says which, as `kedro run` would.
+        return f"ROI corrections in {name} changed, with invalid rows: {error}"
+    change = compare_roi_corrections(catalog.load(ROI_TABLE), corrections)
+    return f"ROI corrections in {name} changed: {change}" if change else ""
+
+
 # ---------------------------------------------------------------------------- planning
 
 
@@ -221,6 +259,8 @@ def plan_rerun(context: Any, pipeline: Pipeline, ingest: Pipeline) -> RerunPlan:
     if change:
         return RerunPlan(True, f"raw scans changed since {manifest_version}: {change.describe()}", n_scans, change,
                          tuple(stale), manifest_version)
+    if ROI_TABLE in pipeline.all_outputs() and (corrected := roi_corrections_change(catalog, context.params, current)):
+        return RerunPlan(True, corrected, n_scans, change, tuple(stale), manifest_version)
     if stale:
         return RerunPlan(True, f"no new scans, but outputs are missing or older than the manifest "
                                f"{manifest_version} (an earlier run stopped or skipped them): {', '.join(stale)}",

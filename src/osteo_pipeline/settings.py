@@ -5,7 +5,7 @@ import warnings
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from osteo_pipeline.hooks import CheckInputsHook, RunGuardHook
+from osteo_pipeline.hooks import CheckInputsHook, RedactRunParamsHook, RunGuardHook
 from osteo_pipeline.ingest_hooks import IngestReportHook
 
 # A warning nobody running this project can act on, printed four times on every command:
@@ -17,7 +17,8 @@ warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is depreca
 # RunGuardHook: one whole `kedro run` per project at a time (a second is refused, naming the
 # first); SIGTERM / Ctrl-C end its MLflow runs KILLED and remove half-written outputs. It and
 # CheckInputsHook run before kedro-mlflow opens its run (tryfirst; CheckInputsHook, listed after, first).
-HOOKS = (RunGuardHook(), CheckInputsHook(), IngestReportHook())
+# RedactRunParamsHook: only plain run-time parameters reach the MLflow run's tags (no folder paths).
+HOOKS = (RunGuardHook(), CheckInputsHook(), IngestReportHook(), RedactRunParamsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

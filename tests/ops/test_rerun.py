@@ -310,3 +310,36 @@ def test_make_rerun_runs_the_module():
     done = subprocess.run(["make", "-n", "rerun", "ENV=test"], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert ".venv/bin/python -m osteo_pipeline.rerun --env test" in done.stdout
+
+
+def test_a_changed_roi_corrections_file_is_a_data_change(tmp_path):
+    """A person correcting boxes (roi_corrections.csv in the raw folder) makes the next rerun needed,
+    until a run has used exactly those boxes (roi_table rows with roi_source "corrected")."""
+    from kedro.io import DataCatalog
+    from kedro_datasets.pandas import CSVDataset
+
+    from osteo_pipeline.datasets import RawFolderDataset
+    from osteo_pipeline.rerun import roi_corrections_change
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.png").write_bytes(b"not read here")
+    table = CSVDataset(filepath=str(tmp_path / "roi_table.csv"), save_args={"index": False})
+    catalog = DataCatalog({"raw_scans": RawFolderDataset(path=str(raw)), "roi_table": table})
+    params = {"roi_resize": {"corrections": {"file": "roi_corrections.csv"}}}
+    manifest = _manifest(height=[100, 100, 100])
+    before = pd.DataFrame({"file_ref": ["f-a.png", "f-b.png"], "roi_source": ["auto", "csv"],
+                           "x0": [1, 2], "y0": [1, 2], "x1": [50, 60], "y1": [90, 80]})
+    table.save(before)
+    assert roi_corrections_change(catalog, params, manifest) == ""  # no corrections file, none used
+    (raw / "roi_corrections.csv").write_text("file_ref,x0,y0,x1,y1,confidence\nf-a.png,5,6,40,70,0.2\n")
+    assert roi_corrections_change(catalog, params, manifest) == (
+        "ROI corrections in roi_corrections.csv changed: 1 new (f-a.png)")
+    table.save(before.assign(roi_source=["corrected", "csv"], x0=[5, 2], y0=[6, 2], x1=[40, 60], y1=[70, 80]))
+    assert roi_corrections_change(catalog, params, manifest) == ""  # the last run used these boxes
+    (raw / "roi_corrections.csv").write_text("file_ref,x0,y0,x1,y1\nf-a.png,5,6,41,70\n")
+    assert "1 changed (f-a.png)" in roi_corrections_change(catalog, params, manifest)
+    (raw / "roi_corrections.csv").write_text("file_ref,x0,y0,x1,y1\nf-a.png,5,6,4,70\n")  # x1 < x0
+    assert "invalid rows" in roi_corrections_change(catalog, params, manifest)  # the run stops and names the row
+    (raw / "roi_corrections.csv").unlink()
+    assert "1 withdrawn (f-a.png)" in roi_corrections_change(catalog, params, manifest)

@@ -12,7 +12,7 @@ import pytest
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.training import TrainingConfig, cross_validate, select_training_set, summarise_cv
 from osteo_pipeline.training.data import InputStreams
-from osteo_pipeline.training.loop import compile_model, final_split, fit_model
+from osteo_pipeline.training.loop import compile_model, final_split, fit_model, still_improving
 
 
 def test_training_lowers_the_loss(inputs):
@@ -76,3 +76,21 @@ def test_three_class_cross_validation_through_the_same_code(inputs, policy, monk
     assert summarise_cv(folds)["best_learning_rate"] == 1e-3
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks out of the loop
     assert len(builds) == 1  # one model, reset per fold: memory stays flat across folds
+
+
+@pytest.mark.parametrize(
+    ("val_loss", "max_epochs", "expected"),
+    [
+        ([0.9, 0.8, 0.7], 3, True),  # cut off by the limit at its best epoch
+        ([0.9, 0.7, 0.8], 3, False),  # turned up at the end: the limit did not cut learning short
+        ([0.9, 0.8], 3, False),  # early stopping ended it before the limit
+    ],
+)
+def test_still_improving_means_cut_off_at_the_best_epoch(val_loss, max_epochs, expected):
+    assert still_improving(val_loss, max_epochs) is expected
+
+
+def test_summary_names_the_folds_still_improving():
+    folds = pd.DataFrame({"learning_rate": [1e-3, 1e-3, 1e-4, 1e-4], "fold": [0, 1, 0, 1],
+                          "auc": [0.7, 0.8, 0.6, 0.65], "still_improving": [False, True, True, True]})
+    assert summarise_cv(folds)["folds_still_improving"] == {"0.001": [1], "0.0001": [0, 1]}

@@ -1,4 +1,4 @@
-"""CLI: python -m osteo_pipeline.cohort --out data/01_raw --seed 42 [...]"""
+"""CLI: python -m osteo_pipeline.cohort --out data/01_raw --seed 42 [--difficulty realistic] [...]"""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-from osteo_pipeline.cohort.writer import generate_cohort
+from osteo_pipeline.cohort.specs import DIFFICULTIES
+from osteo_pipeline.cohort.writer import FORMATS, generate_cohort
 
 
 def _parser() -> argparse.ArgumentParser:
     """Command-line options (defaults reproduce the paper's 174-scan cohort)."""
     p = argparse.ArgumentParser(
         prog="python -m osteo_pipeline.cohort",
-        description="Write a synthetic spine DXA cohort (PNG scans, clinical.csv, roi.csv).",
+        description="Write a synthetic spine DXA cohort (PNG or DICOM scans, clinical.csv, roi.csv).",
     )
     p.add_argument("--out", default="data/01_raw", help="output folder (default: data/01_raw)")
     p.add_argument("--seed", type=int, default=42)
@@ -27,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeat-patient-fraction", type=float, default=0.1, help="share of patients with a second scan"
     )
+    p.add_argument(
+        "--difficulty", choices=sorted(DIFFICULTIES), default="realistic",
+        help="how strongly the label shows through the biological variation (default: realistic)",
+    )
+    p.add_argument(
+        "--lateral-fraction", type=float, default=0.0, help="share of scans rendered as lateral views"
+    )
+    p.add_argument("--format", choices=sorted(FORMATS), default="png", help="scan file format")
     p.add_argument("--workers", type=int, default=2, help="render processes")
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
     return p
@@ -47,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeat_patient_fraction=args.repeat_patient_fraction,
             workers=args.workers,
             overwrite=args.overwrite,
+            difficulty=args.difficulty,
+            lateral_fraction=args.lateral_fraction,
+            file_format=args.format,
         )
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

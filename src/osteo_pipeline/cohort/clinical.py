@@ -29,7 +29,11 @@ CLINICAL_COLUMNS: tuple[str, ...] = (
     "t_score",
     "z_score",
     "fracture_history",
+    "view",  # per scan: "AP" or "lateral"
+    "scanner",  # per patient: scanner family (neutral name)
 )
+# Columns that describe the scan, not the patient (filled by the writer).
+SCAN_COLUMNS: tuple[str, ...] = ("file", "view", "scanner")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Write a synthetic cohort: PNG scans per class folder, clinical.csv and roi.csv.
+"""Write a synthetic cohort: PNG or DICOM scans per class folder, clinical.csv and roi.csv.
 
 Determinism: one root SeedSequence per seed is split into the clinical draw and one child per
 patient; each patient's child is split again into its anatomy and one stream per scan. Every
 scan is therefore fully specified before any rendering starts, so the worker count and the
-order in which workers finish cannot change a single byte.
+order in which workers finish cannot change a single byte. The difficulty and the lateral
+fraction do not change which random numbers are drawn, only how they are used.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from osteo_pipeline.cohort.clinical import CLINICAL_COLUMNS, LABELS, sample_cohort_patients
+from osteo_pipeline.cohort.clinical import CLINICAL_COLUMNS, LABELS, SCAN_COLUMNS, sample_cohort_patients
+from osteo_pipeline.cohort.dicom import write_dicom
 from osteo_pipeline.cohort.render import Acquisition, Anatomy, render_scan
-from osteo_pipeline.cohort.specs import sample_acquisition, sample_anatomy
+from osteo_pipeline.cohort.specs import difficulty_of, sample_acquisition, sample_anatomy
 
 ROI_COLUMNS: tuple[str, ...] = ("file", "x0", "y0", "x1", "y1")
+FORMATS: dict[str, str] = {"png": ".png", "dicom": ".dcm"}  # --format -> file suffix
 
 
 def _png_params() -> list[int]:
@@ -59,7 +62,7 @@ def existing_scans(out_dir: Path) -> list[Path]:
 
 def _own_files(out_dir: Path) -> set[Path]:
     """Files a previous run of this generator may have written (class-folder PNGs, tables)."""
-    own = {p for label in LABELS for p in (out_dir / label).glob("*.png")}
+    own = {p for label in LABELS for suffix in FORMATS.values() for p in (out_dir / label).glob(f"*{suffix}")}
     return own | {out_dir / "clinical.csv", out_dir / "roi.csv"}
 
 
@@ -85,7 +88,12 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def plan_cohort(
-    seed: int, counts: dict[str, int], repeat_fraction: float
+    seed: int,
+    counts: dict[str, int],
+    repeat_fraction: float,
+    difficulty: str = "realistic",
+    lateral_fraction: float = 0.0,
+    suffix: str = ".png",
 ) -> tuple[pd.DataFrame, list[ScanJob]]:
     """Clinical rows (one per scan, in job order) and the render job of each scan; no I/O."""
     clinical_seq, patients_seq = np.random.SeedSequence(seed).spawn(2)
@@ -95,23 +103,26 @@ def plan_cohort(
     for pat, pseq in zip(patients.itertuples(index=False), patients_seq.spawn(len(patients))):
         anat_seq, scans_seq = pseq.spawn(2)
         anatomy = sample_anatomy(
-            np.random.default_rng(anat_seq), pat.bmd, pat.bmi, pat.sex, bool(pat.vertebral_fracture)
+            np.random.default_rng(anat_seq), pat.bmd, pat.bmi, pat.sex, bool(pat.vertebral_fracture),
+            age=float(pat.age), difficulty=difficulty,
         )
         for k, sseq in enumerate(scans_seq.spawn(int(pat.n_scans)), start=1):
-            file = f"{pat.label}/DXA_{pat.patient_id[1:]}_{k}.png"
-            acq = sample_acquisition(np.random.default_rng(sseq))
+            file = f"{pat.label}/DXA_{pat.patient_id[1:]}_{k}{suffix}"
+            acq = sample_acquisition(np.random.default_rng(sseq), anatomy.scanner, lateral_fraction)
             jobs.append(ScanJob(file, anatomy, acq))
-            row = {c: getattr(pat, c) for c in CLINICAL_COLUMNS if c != "file"}
-            rows.append({"file": file, **row})
+            row = {c: getattr(pat, c) for c in CLINICAL_COLUMNS if c not in SCAN_COLUMNS}
+            rows.append({"file": file, **row, "view": acq.view, "scanner": acq.scanner})
     return pd.DataFrame(rows, columns=list(CLINICAL_COLUMNS)), jobs
 
 
 def _render_and_write(args: tuple[ScanJob, str, float]) -> tuple[str, tuple[int, int, int, int]]:
-    """Worker: render one scan, write its PNG, return its ROI box."""
+    """Worker: render one scan, write its PNG or DICOM file, return its ROI box."""
     job, out_dir, scale = args
     image, box = render_scan(job.anatomy, job.acquisition, scale)
     path = Path(out_dir) / job.file
-    if not cv2.imwrite(str(path), image, _PNG_PARAMS):
+    if path.suffix == ".dcm":
+        write_dicom(path, image, job.anatomy, job.acquisition, scale)
+    elif not cv2.imwrite(str(path), image, _PNG_PARAMS):
         raise OSError(f"could not write {path}")
     return job.file, box
 
@@ -146,12 +157,18 @@ def generate_cohort(
     repeat_patient_fraction: float = 0.1,
     workers: int = 2,
     overwrite: bool = False,
+    difficulty: str = "realistic",
+    lateral_fraction: float = 0.0,
+    file_format: str = "png",
 ) -> pd.DataFrame:
     """Write a synthetic spine DXA cohort to `out_dir` and return its clinical table.
 
     Counts are numbers of scans per class; about `repeat_patient_fraction` of the patients
     get a second scan (same anatomy and label, new exposure, noise and position). `scale`
-    shrinks every image (and its anatomy) for fast tests. With `workers` > 1 the scans are
+    shrinks every image (and its anatomy) for fast tests. `difficulty` (easy, realistic,
+    hard) sets how strongly the label shows through the patients' biological variation;
+    `lateral_fraction` of the scans are lateral views; `file_format` is "png" or "dicom"
+    (.dcm, identifier-free header). With `workers` > 1 the scans are
     rendered in spawned processes, so a calling script needs the usual __main__ guard.
     Raises FileExistsError if `out_dir` already holds scans and `overwrite` is False, or
     holds scans that a previous run of this generator did not write.
@@ -160,8 +177,15 @@ def generate_cohort(
         raise ValueError("scale must be positive")
     if min(n_normal, n_osteoporosis, n_osteopenia) < 0:
         raise ValueError("class counts must be >= 0")
+    if not 0.0 <= lateral_fraction <= 1.0:
+        raise ValueError("lateral_fraction must be in [0, 1]")
+    if file_format not in FORMATS:
+        raise ValueError(f"file_format must be one of {sorted(FORMATS)}, got {file_format!r}")
+    difficulty_of(difficulty)  # fail before touching the folder
     counts = {"normal": n_normal, "osteopenia": n_osteopenia, "osteoporosis": n_osteoporosis}
-    clinical, jobs = plan_cohort(seed, counts, repeat_patient_fraction)
+    clinical, jobs = plan_cohort(
+        seed, counts, repeat_patient_fraction, difficulty, lateral_fraction, FORMATS[file_format]
+    )
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     for label in clinical["label"].unique():

@@ -54,10 +54,12 @@ def compose_report(
     label_scheme: str,
     params: dict[str, Any],
     paper_reference: dict[str, Any],
+    subgroup_metrics: dict[str, Any] | None = None,
 ) -> tuple[Report, dict[str, Any], dict[str, Any]]:
     """The report document, the evaluation summary (JSON) and the MLflow record (per-model child
     runs + parent metrics). Every number comes from the inputs; the only typed-in figures are
-    the paper's, from ``paper_reference`` (parameters_evaluate.yml)."""
+    the paper's, from ``paper_reference`` (parameters_evaluate.yml). ``subgroup_metrics``
+    (``compute_subgroup_metrics``) adds the per-subgroup section."""
     reference = comparison["reference"]
     classes = list(test_set.class_names)
     evaluated = model_status["evaluated"]
@@ -84,6 +86,8 @@ def compose_report(
     doc.table(["partition", *classes, "scans", "patients"],
               [[part, *by_part.loc[part].tolist(), int(by_part.loc[part].sum()),
                 int(in_scheme.loc[in_scheme["partition"] == part, "patient_id"].nunique())] for part in by_part.index])
+    _views_section(doc, data_fingerprint, in_scheme, counts)
+    _excluded_section(doc, ingest_report or {})
 
     # -- models
     doc.heading("Models")
@@ -124,6 +128,9 @@ def compose_report(
         doc.table(["model", "class", "support", "precision", "recall", "specificity", "F1", "AUC"],
                   [[m, c, pc["support"], *(_pct(finite_or_none(pc[k])) for k in ("precision", "recall", "specificity", "f1", "auc"))]
                    for m, v in test_metrics.items() for c, pc in v["per_class"].items()])
+
+    if subgroup_metrics:
+        _subgroup_section(doc, subgroup_metrics, boot)
 
     # -- significance
     n_test = len(test_set)
@@ -183,9 +190,72 @@ def compose_report(
     summary = {
         "label_scheme": label_scheme, "class_names": classes, "reference_model": reference,
         "test_set": test_set.counts, "models": model_status, "test_metrics": test_metrics, "comparison": comparison,
-        "data_fingerprint": data_fingerprint,
+        "data_fingerprint": data_fingerprint, "subgroups": subgroup_metrics or {},
     }
-    return doc, summary, mlflow_record(test_metrics, comparison, model_status, test_set, label_scheme)
+    return doc, summary, mlflow_record(test_metrics, comparison, model_status, test_set, label_scheme, subgroup_metrics)
+
+
+def _excluded_section(doc: Report, ingest_report: dict[str, Any]) -> None:
+    """What ingest left out, by file_ref (``osteo locate REF`` finds the file on this machine):
+    identical copies (one kept), copies filed under two classes (all excluded), other exclusions."""
+    duplicates, conflicts = ingest_report.get("duplicate_groups") or [], ingest_report.get("conflict_groups") or []
+    excluded = ingest_report.get("excluded") or []
+    if not (duplicates or conflicts or excluded):
+        return
+    doc.heading("Excluded at ingest", 3)
+    items = [f"Identical copies: kept `{g['kept']}`, dropped "
+             + ", ".join(f"`{f}`" for f in g["file_refs"] if f != g["kept"]) + "." for g in duplicates]
+    items += ["Identical scans under different classes (" + ", ".join(g["labels"]) + "), all excluded: "
+              + ", ".join(f"`{f}`" for f in g["file_refs"]) + "." for g in conflicts]
+    items += [f"`{e['file_ref']}`: {e['reason']}." for e in excluded if e["reason"] != "duplicate_label_conflict"]
+    doc.bullets(items)
+
+
+def _views_section(doc: Report, fingerprint: dict[str, Any], in_scheme: pd.DataFrame, counts: dict[str, Any]) -> None:
+    """Scans per view: accepted by ingest, left out by split.views, and per partition."""
+    views = fingerprint.get("views")
+    if not views or "view" not in in_scheme:
+        return
+    left_out = sum(views["n_left_out_by_view"].values())
+    by_source = counts.get("view_source") or {}
+    doc.heading("Views", 3)
+    doc.bullets([
+        "Accepted by ingest: " + ", ".join(f"{v} {n}" for v, n in (counts.get("accepted_by_view") or {}).items())
+        + (f" (view from the labels CSV for {by_source.get('table', 0)}, from the image classifier for "
+           f"{by_source.get('auto', 0)})" if by_source else "") + ".",
+        f"Views studied (split.views): {', '.join(views['studied'])}; {left_out} scan(s) of other views left out "
+        "before the split" + (" (" + ", ".join(f"{v} {n}" for v, n in views["n_left_out_by_view"].items() if n) + ")"
+                              if left_out else "") + ".",
+    ])
+    table = in_scheme.groupby(["partition", "view"]).size().unstack(fill_value=0)
+    doc.table(["partition", *table.columns], [[part, *table.loc[part].tolist()] for part in table.index])
+
+
+def _subgroup_section(doc: Report, subgroups: dict[str, Any], boot: dict[str, Any]) -> None:
+    """Per attribute, per group and model: n and the metrics with CIs, or why there are none."""
+    names = {"view": "View", "sex": "Sex", "age_band": "Age band (years)", "scanner": "Scanner family"}
+    doc.heading("Test-set performance per subgroup")
+    doc.text(f"Percent with {round(100 * (1 - boot['alpha']))}% patient-bootstrap CIs, as above, within each subgroup "
+             "the data carries. A group with fewer than "
+             f"{subgroups['min_scans']} test scans, or without every class, gets its counts and no figures: "
+             "its CIs would be too wide to read, or undefined. Subgroups are descriptive: no test compares them.")
+    if subgroups.get("absent"):
+        doc.text("Not in the data (no such column in the manifest): "
+                 + ", ".join(names.get(a, a) for a in subgroups["absent"]) + ".")
+    for attribute, entry in subgroups["attributes"].items():
+        doc.heading(names.get(attribute, attribute), 3)
+        rows = []
+        for group, info in entry["groups"].items():
+            n = f"{info['n_scans']} ({info['n_patients']})"
+            classes = ", ".join(f"{c} {k}" for c, k in info["class_counts"].items())
+            if "models" not in info:
+                rows.append([group, "all", n, classes, *[f"not computed: {info['skipped']}"] + [""] * (len(CI_METRICS) - 1)])
+                continue
+            rows += [[group, model, n, classes, *(_with_ci(m, k) for k in CI_METRICS)] for model, m in info["models"].items()]
+        doc.table(["group", "model", "n scans (patients)", "classes", "accuracy", "precision", "recall (sensitivity)",
+                   "specificity", "F1", "ROC-AUC"], rows)
+        if entry["n_unassigned"]:
+            doc.text(f"{entry['n_unassigned']} test scan(s) in no group (value missing or not a declared spelling).")
 
 
 def _gradcam_baseline(test_metrics: dict[str, Any], status: dict[str, Any], reference: str) -> str:
@@ -236,16 +306,36 @@ def _paper_section(doc: Report, paper: dict[str, Any], test_metrics: dict[str, A
     ])
 
 
+def _subgroup_metrics(subgroups: dict[str, Any] | None, model: str) -> dict[str, float | None]:
+    """A model's subgroup figures as MLflow metrics: ``n_scans.<key>`` for every group and
+    ``test_<metric>.<key>`` (+ ``_ci_lo`` / ``_ci_hi``) where computed; keys like ``view_AP``,
+    ``age_60-69``, ``sex_female``, ``scanner_scanner_a``."""
+    out: dict[str, float | None] = {}
+    for entry in (subgroups or {}).get("attributes", {}).values():
+        for info in entry["groups"].values():
+            key = info["key"]
+            out[f"n_scans.{key}"] = info["n_scans"]
+            m = info.get("models", {}).get(model)
+            if m:
+                out.update({f"test_{k}.{key}": m[k] for k in CI_METRICS})
+                out.update({f"test_{k}_ci_lo.{key}": m["ci"][k]["lo"] for k in CI_METRICS})
+                out.update({f"test_{k}_ci_hi.{key}": m["ci"][k]["hi"] for k in CI_METRICS})
+    return out
+
+
 def mlflow_record(
-    test_metrics: dict[str, Any], comparison: dict[str, Any], status: dict[str, Any], test_set: TestSet, label_scheme: str
+    test_metrics: dict[str, Any], comparison: dict[str, Any], status: dict[str, Any], test_set: TestSet, label_scheme: str,
+    subgroups: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Child run per model with test_<metric> (+ CI bounds); the same on the parent as <model>.test_<metric>."""
+    """Child run per model with test_<metric> (+ CI bounds) and its subgroup figures (``_subgroup_metrics``);
+    the same on the parent as <model>.test_<metric>[.<group key>], without the CI bounds."""
     runs, parent = {}, {}
     for model, m in test_metrics.items():
         metrics = {f"test_{k}": m[k] for k in (*CI_METRICS, "loss")}
         metrics.update({f"test_{k}_ci_lo": m["ci"][k]["lo"] for k in CI_METRICS})
         metrics.update({f"test_{k}_ci_hi": m["ci"][k]["hi"] for k in CI_METRICS})
         metrics["test_brier"] = m["brier"]
+        metrics.update(_subgroup_metrics(subgroups, model))
         if model != comparison["reference"]:
             for key, res in (("test_mcnemar_p", comparison["test"]["mcnemar"].get(model)),
                              ("test_auc_diff_p", comparison["test"]["auc_difference"].get(model))):
@@ -258,7 +348,7 @@ def mlflow_record(
                        "bootstrap_n_boot": m["bootstrap"]["n_boot"], "pretrained": status["pretrained"].get(model)},
             "tags": {"model_versions": status["versions"].get(model, {})},
         }
-        parent.update({f"{model}.{k}": v for k, v in metrics.items() if not k.endswith(("_ci_lo", "_ci_hi"))})
+        parent.update({f"{model}.{k}": v for k, v in metrics.items() if "_ci_lo" not in k and "_ci_hi" not in k})
     parent["evaluate.n_models"] = len(test_metrics)
     parent["evaluate.n_test_scans"] = len(test_set)
     return {"parent_metrics": parent, "runs": runs}

@@ -11,17 +11,25 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from osteo_pipeline.imaging.roi import detect_spine_roi
+from osteo_pipeline.imaging.roi import detect_spine_roi_scored
 
 Box = tuple[int, int, int, int]
+
+FITS = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
 class RoiChoice:
-    """The box used for a scan and where it came from (``csv``, ``auto`` or ``whole``)."""
+    """The box used for a scan and where it came from (``corrected``, ``csv``, ``auto`` or ``whole``).
+
+    ``confidence``: the automatic box's (``imaging.roi.RoiDetection``), 0 for the whole-image
+    fallback, NaN for a box a person gave (``corrected``, ``csv``); ``reason`` says why it is low.
+    """
 
     box: Box
     source: str
+    confidence: float = float("nan")
+    reason: str = ""
 
 
 def window_to_uint8(pixels: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
@@ -67,21 +75,51 @@ def clip_box(box: Box, width: int, height: int) -> Box | None:
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def choose_roi(pixels: np.ndarray, given: Box | None, margin: float) -> RoiChoice:
-    """Prefer a given (ground-truth) box, else detect the spine, else the whole image."""
+def choose_roi(pixels: np.ndarray, given: Box | None, margin: float, corrected: Box | None = None) -> RoiChoice:
+    """Prefer a user's corrected box, then a given (ground-truth) box, else detect the spine, else the
+    whole image. A correction is the newest statement a person made about the scan, so it wins."""
     height, width = pixels.shape[:2]
+    if corrected is not None and (box := clip_box(corrected, width, height)) is not None:
+        return RoiChoice(box, "corrected")
     if given is not None and (box := clip_box(given, width, height)) is not None:
         return RoiChoice(box, "csv")
-    detected = detect_spine_roi(pixels, margin=margin)
-    if detected is not None:
-        return RoiChoice(detected, "auto")
-    return RoiChoice((0, 0, width, height), "whole")
+    found = detect_spine_roi_scored(pixels, margin=margin)
+    if found.box is not None:
+        return RoiChoice(found.box, "auto", found.confidence, found.reason)
+    return RoiChoice((0, 0, width, height), "whole", 0.0, f"whole image used: {found.reason}")
 
 
-def crop_resize(pixels: np.ndarray, box: Box, size: int, low_pct: float, high_pct: float) -> np.ndarray:
-    """Crop, window to uint8 (statistics from the crop itself) and resize to ``size`` x ``size`` x 3."""
+def pad_to_square(roi: np.ndarray) -> np.ndarray:
+    """Centre a windowed uint8 crop on a square of its own border's median grey level.
+
+    The median of the crop's outermost pixels is the soft tissue around the spine, so the
+    padding continues the background instead of adding black bars with hard edges (which a
+    CNN would learn as features of tall or wide crops).
+    """
+    h, w = roi.shape[:2]
+    if h == w:
+        return roi
+    border = np.concatenate([roi[0], roi[-1], roi[:, 0], roi[:, -1]])
+    value = int(np.median(border))
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(roi, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=value)
+
+
+def crop_resize(
+    pixels: np.ndarray, box: Box, size: int, low_pct: float, high_pct: float, fit: str = "stretch"
+) -> np.ndarray:
+    """Crop, window to uint8 (statistics from the crop itself) and resize to ``size`` x ``size`` x 3.
+
+    ``fit``: ``stretch`` squashes the crop into the square (the original behaviour: older models
+    were trained so); ``pad`` keeps its aspect ratio, centred on a neutral background (``pad_to_square``).
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     x0, y0, x1, y1 = box
     roi = window_to_uint8(pixels[y0:y1, x0:x1], low_pct, high_pct)
+    if fit == "pad":
+        roi = pad_to_square(roi)
     # INTER_AREA averages when shrinking: no aliasing of the trabecular texture.
     resized = cv2.resize(roi, (size, size), interpolation=cv2.INTER_AREA)
     return np.repeat(resized[:, :, None], 3, axis=2)
@@ -94,10 +132,11 @@ def preprocess_scan(
     margin: float = 0.05,
     low_pct: float = 1.0,
     high_pct: float = 99.0,
+    fit: str = "stretch",
 ) -> tuple[RoiChoice, dict[int, np.ndarray]]:
     """Grayscale scan -> (ROI used, {size: uint8 HxWx3 array}) for every requested size."""
     choice = choose_roi(pixels, given_box, margin)
-    return choice, {s: crop_resize(pixels, choice.box, s, low_pct, high_pct) for s in sizes}
+    return choice, {s: crop_resize(pixels, choice.box, s, low_pct, high_pct, fit) for s in sizes}
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -195,10 +195,16 @@ def signature(class_names: Sequence[str]) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def blank_scan_png(size: int = 32) -> bytes:
-    """A black PNG: the logged input example (patient pixels must not reach the registry)."""
+def phantom_scan_png(height: int = 64, width: int = 32) -> bytes:
+    """A synthetic phantom PNG (grey ramp, bright central column): the logged input example.
+
+    Patient pixels must not reach the registry, and a blank image would fail serving's own
+    degenerate-scan check when MLflow validates the example.
+    """
+    ramp = np.linspace(40, 160, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+    ramp[:, width // 3 : 2 * width // 3] += 80  # a vertebral column of sorts
     buffer = io.BytesIO()
-    Image.new("L", (size, size)).save(buffer, format="PNG")
+    Image.fromarray(ramp.astype(np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -234,7 +240,7 @@ def log_scan_classifier(
             artifacts={KERAS_ARTIFACT: str(keras_file)},
             model_config=config,
             signature=signature(class_names),
-            input_example=pd.DataFrame({"image": [blank_scan_png()]}),
+            input_example=pd.DataFrame({"image": [phantom_scan_png()]}),
             registered_model_name=registered_model_name,
             pip_requirements=list(pip_requirements),
             metadata={"class_names": list(class_names), "preprocessing": preprocessing.to_dict(),

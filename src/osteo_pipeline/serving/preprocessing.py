@@ -9,13 +9,13 @@ inside the logged model, see ``serving.model``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
-from osteo_pipeline.imaging.preprocess import RoiChoice, choose_roi, crop_resize
+from osteo_pipeline.imaging.preprocess import FITS, RoiChoice, choose_roi, crop_resize
 from osteo_pipeline.imaging.quality import degenerate_reason
 
 
@@ -26,7 +26,9 @@ class ScanPreprocessing:
     ``size``: the model's input side in pixels; ``margin``, ``low_percentile``,
     ``high_percentile``: the ``roi_resize`` parameters; ``max_pixels`` and ``degenerate``: ingest's
     decompression-bomb limit and degenerate-image limits (a scan ingest would refuse is refused here
-    too; models logged before ``degenerate`` existed have none and skip that check).
+    too; models logged before ``degenerate`` existed have none and skip that check). ``fit``: the
+    ``roi_resize.fit`` the model was trained with (``stretch`` or ``pad``); models logged before it
+    existed were all trained on stretched crops, so a config without it means ``stretch``.
     """
 
     size: int
@@ -35,6 +37,7 @@ class ScanPreprocessing:
     high_percentile: float
     max_pixels: int
     degenerate: dict[str, float] | None = None
+    fit: str = "stretch"
 
     @classmethod
     def from_params(cls, settings: Mapping[str, Any], size: int) -> ScanPreprocessing:
@@ -45,7 +48,7 @@ class ScanPreprocessing:
     def from_dict(cls, values: Mapping[str, Any]) -> ScanPreprocessing:
         """From ``to_dict()`` output (a logged model's config); names what is missing or unknown."""
         names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.default is not None}
+        required = {f.name for f in fields(cls) if f.default is MISSING}
         missing, unknown = required - set(values), set(values) - names
         if missing or unknown:
             raise ValueError(
@@ -55,7 +58,8 @@ class ScanPreprocessing:
         return cls(size=int(values["size"]), margin=float(values["margin"]),
                    low_percentile=float(values["low_percentile"]), high_percentile=float(values["high_percentile"]),
                    max_pixels=int(values["max_pixels"]),
-                   degenerate={k: float(v) for k, v in values["degenerate"].items()} if values.get("degenerate") else None)
+                   degenerate={k: float(v) for k, v in values["degenerate"].items()} if values.get("degenerate") else None,
+                   fit=_fit(values.get("fit", "stretch")))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,7 @@ class ScanPreprocessing:
                                                          self.degenerate["min_dynamic_range"])):
             raise ScanDecodeError(name, f"degenerate image, not a radiograph: {why}", "degenerate")
         choice = choose_roi(pixels, None, self.margin)
-        return crop_resize(pixels, choice.box, self.size, self.low_percentile, self.high_percentile), choice
+        return crop_resize(pixels, choice.box, self.size, self.low_percentile, self.high_percentile, self.fit), choice
 
 
 def preprocessing_settings(roi_resize: Mapping[str, Any], ingest: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,4 +84,12 @@ def preprocessing_settings(roi_resize: Mapping[str, Any], ingest: Mapping[str, A
     model needs (the input size comes from the model itself)."""
     return {"margin": float(roi_resize["margin"]), "low_percentile": float(roi_resize["low_percentile"]),
             "high_percentile": float(roi_resize["high_percentile"]), "max_pixels": int(ingest["max_pixels"]),
-            "degenerate": {k: float(v) for k, v in ingest["degenerate"].items()}}
+            "degenerate": {k: float(v) for k, v in ingest["degenerate"].items()},
+            "fit": _fit(roi_resize.get("fit", "stretch"))}
+
+
+def _fit(value: Any) -> str:
+    """A valid ``fit`` or a ValueError naming the choices (a typo must not serve stretched crops)."""
+    if value not in FITS:
+        raise ValueError(f"scan preprocessing settings: fit must be one of {list(FITS)}, got {value!r}")
+    return str(value)

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 FOLD_TABLE_COLUMNS = (
     "model", "setting", "fold", "n_train", "n_val", *METRIC_NAMES,
-    "best_epoch", "epochs_run", "train_seconds", "mlflow_run_id",
+    "best_epoch", "epochs_run", "still_improving", "train_seconds", "mlflow_run_id",
 )
 
 
@@ -89,7 +89,7 @@ def cross_validate_grid(
             rows.append({
                 "model": config.model_name, "setting": label, "fold": fit.fold,
                 "n_train": len(fit.train_idx), "n_val": len(fit.val_idx), **fit.metrics,
-                "best_epoch": None, "epochs_run": None,  # no epochs: a fit is one pass
+                "best_epoch": None, "epochs_run": None, "still_improving": None,  # no epochs: a fit is one pass
                 "train_seconds": round(fit.seconds, 3), "mlflow_run_id": run_id,
             })
     return pd.DataFrame(rows, columns=list(FOLD_TABLE_COLUMNS))

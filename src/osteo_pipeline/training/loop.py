@@ -80,6 +80,13 @@ class FitResult:
     epochs_run: int
     seconds: float
     run_id: str | None
+    still_improving: bool = False  # cut off by max_epochs while its validation loss was still falling
+
+
+def still_improving(val_loss: list[float], max_epochs: int) -> bool:
+    """True when training hit the epoch limit with the validation loss at its best in the last
+    epoch: more epochs would likely have helped, so its figures understate the model."""
+    return len(val_loss) >= max_epochs and int(np.argmin(val_loss)) == len(val_loss) - 1
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -276,19 +283,24 @@ def fit_model(
         metrics = prefixed(classification_metrics(ts.labels[val_idx], y_prob, ts.class_names), "val")
         epochs_run = len(history["loss"])
         best_epoch = int(np.argmin(history["val_loss"])) + 1
+        improving = still_improving(history["val_loss"], config.max_epochs)
+        if improving:
+            logger.warning("[%s] validation loss still falling at the last epoch (%d): more epochs may help",
+                           run_name, epochs_run)
         # Logged one step after the last epoch: the run's latest val_* are the restored best
         # weights' sklearn metrics, the figures every model's runs are compared on.
         tracking.log_metrics(metrics, step=epochs_run)
         tracking.log_metrics(
             {"best_epoch": best_epoch, "epochs_run": epochs_run, "train_seconds": seconds,
-             "train_images_per_second": len(train_idx) * epochs_run / seconds}
+             "train_images_per_second": len(train_idx) * epochs_run / seconds,
+             "still_improving": float(improving)}
         )
         tracking.log_training_curves(history, run_name)
         if on_trained is not None:
             on_trained(model)
     logger.info("[%s] done: %d epochs (best %d) in %.0f s, RSS %.0f MB; %s", run_name, epochs_run, best_epoch,
                 seconds, runtime.resident_memory_mb(), ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    return FitResult(model, history, metrics, best_epoch, epochs_run, seconds, run_id)
+    return FitResult(model, history, metrics, best_epoch, epochs_run, seconds, run_id, improving)
 
 
 def cross_validate(
@@ -336,6 +348,7 @@ def cross_validate(
                 "n_train": len(train_idx), "n_val": len(val_idx),
                 **{k.removeprefix("val_"): v for k, v in result.metrics.items()},
                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                "still_improving": result.still_improving,
                 "train_seconds": round(result.seconds, 2), "mlflow_run_id": result.run_id,
             })
     models.clear()
@@ -353,9 +366,13 @@ def summarise_cv(fold_metrics: pd.DataFrame) -> dict[str, Any]:
     if means["auc"].isna().all():
         raise ValueError("validation AUC undefined in every fold: each fold needs scans of every class")
     best_lr = float(means["auc"].idxmax())  # idxmax: first (grid order) on ties, NaN skipped
+    improving = fold_metrics.get("still_improving", pd.Series(False, index=fold_metrics.index)).fillna(False).astype(bool)
     return {
         "selection": f"mean {SELECTION_METRIC} over {fold_metrics['fold'].nunique()} folds",
         "best_learning_rate": best_lr,
+        # Folds cut off by max_epochs while validation loss still fell: their figures understate the model.
+        "folds_still_improving": {f"{lr:g}": sorted(int(f) for f in fold_metrics.loc[improving & (fold_metrics["learning_rate"] == lr), "fold"])
+                                  for lr in means.index},
         "by_learning_rate": {
             f"{lr:g}": {**{f"val_{m}_mean": _num(means.loc[lr, m]) for m in metric_cols},
                         **{f"val_{m}_sd": _num(sds.loc[lr, m]) for m in metric_cols}}
@@ -427,6 +444,7 @@ def final_fit(
         "val_patients": sorted(set(training_set.patient_ids[val_idx].tolist())),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "still_improving": result.still_improving,
         "train_seconds": round(result.seconds, 2),
         **result.metrics,
         "mlflow_run_id": result.run_id,

@@ -275,7 +275,8 @@ def fit_phases(
         tracking.log_training_curves(history, f"{run_name} ({' then '.join(p.name for p in cache.phases)})")
         if on_trained is not None:
             on_trained(assemble(cache, last.model, cache.phases[-1].boundary))
-    return FitResult(last.model, history, last.metrics, epochs_before + last.best_epoch, epochs_run, seconds, run_id)
+    return FitResult(last.model, history, last.metrics, epochs_before + last.best_epoch, epochs_run, seconds, run_id,
+                     last.still_improving)
 
 
 class _HeadStart:

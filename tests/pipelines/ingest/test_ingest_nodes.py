@@ -18,6 +18,7 @@ from osteo_pipeline.pipelines.ingest import create_pipeline
 from osteo_pipeline.pipelines.ingest.nodes import (
     MANIFEST_COLUMNS,
     ROI_COLUMNS,
+    VIEW_COLUMNS,
     NoUsableScansError,
     TableError,
     index_scans,
@@ -50,7 +51,7 @@ def test_class_folders_with_aliases(write_scan, write_file, run_ingest, ref):
     write_file("README.md", "# scans")
     manifest, report = run_ingest()
 
-    assert list(manifest.columns) == MANIFEST_COLUMNS + ROI_COLUMNS
+    assert list(manifest.columns) == MANIFEST_COLUMNS + VIEW_COLUMNS + ROI_COLUMNS
     assert dict(zip(manifest["file_ref"], manifest["label"])) == {
         ref("Healthy/a.png"): "normal", ref("CONTROL/b.png"): "normal",
         ref("Low-Bone-Mass/c.png"): "osteopenia", ref("train/osteoporotic/d.png"): "osteoporosis"}
@@ -89,7 +90,7 @@ def test_labels_table_layout_with_clinical_columns_roi_and_pseudonyms(write_scan
 
     assert report["layout"] == "labels_table" and report["label_table"] == "clinical.csv"
     assert report["roi_table"] == "roi.csv"
-    assert list(manifest.columns) == MANIFEST_COLUMNS + ["age", "sex", "t_score"] + ROI_COLUMNS
+    assert list(manifest.columns) == MANIFEST_COLUMNS + ["age", "sex", "t_score"] + VIEW_COLUMNS + ROI_COLUMNS
     rows = manifest.set_index("file_ref")
     assert rows.loc[[ref("images/DXA_2.png"), ref("images/DXA_3.png")], "label"].tolist() == ["osteopenia"] * 2
     assert rows.loc[ref("images/DXA_0.png"), "age"] == 61 and rows.loc[ref("images/DXA_0.png"), "t_score"] == -0.5

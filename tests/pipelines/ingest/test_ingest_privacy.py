@@ -40,7 +40,8 @@ def test_only_allow_listed_columns_pass_and_dropped_names_are_reported(write_sca
     manifest, report = run_ingest()
     clinical = ["age", "sex", "bmi", "t_score", "z_score", "bmd", "fracture_history"]
     assert sorted(set(manifest.columns) - {"scan_id", "file_ref", "patient_id", "label", "width", "height",
-                                           "bit_depth", "format", "roi_x0", "roi_y0", "roi_x1", "roi_y1"}) == sorted(clinical)
+                                           "bit_depth", "format", "roi_x0", "roi_y0", "roi_x1", "roi_y1",
+                                           "view", "view_source"}) == sorted(clinical)
     assert report["dropped_columns"] == ["PatientName", "PatientBirthDate", "AccessionNumber", "InstitutionName",
                                          "Comments"]
     assert report["patient_id_column"] == "PatientID" and report["counts"]["patient_id_source"]["table"] == 2
@@ -64,9 +65,10 @@ def test_patient_id_column_spellings(column, write_scan, write_file, run_ingest)
 
 def test_user_declared_extra_column_passes(write_scan, write_file, run_ingest):
     write_scan("normal/a.png", 1)
-    write_file("labels.csv", "file,label,Scanner Model,Operator\nnormal/a.png,normal,Lunar,J. Smith\n")
-    manifest, report = run_ingest(extra_clinical_columns=["Scanner-Model"])
-    assert manifest.loc[0, "scanner_model"] == "Lunar" and report["dropped_columns"] == ["Operator"]
+    write_file("labels.csv", "file,label,Tube Voltage,Scanner Model,Operator\nnormal/a.png,normal,76,Lunar,J. Smith\n")
+    manifest, report = run_ingest(extra_clinical_columns=["tube-voltage"])
+    assert manifest.loc[0, "tube_voltage"] == 76 and report["dropped_columns"] == ["Operator"]
+    assert manifest.loc[0, "scanner"] == "Lunar"  # a declared spelling of the allow-listed `scanner`
 
 
 def test_semicolon_cp1252_and_nfd_names_are_read_and_reported(write_scan, write_file, run_ingest, ref):

@@ -11,7 +11,7 @@ from osteo_pipeline.pipelines.split_augment.nodes import (
     split_patients,
 )
 
-PARAMS = {"test_size": 0.3, "val_size": 0.0, "n_folds": 5}
+PARAMS = {"test_size": 0.3, "val_size": 0.0, "n_folds": 5, "views": "auto"}
 
 
 def make_manifest(n_normal=60, n_osteoporosis=114, n_osteopenia=0, repeat_every=8, seed=0):
@@ -55,7 +55,7 @@ def test_split_is_seeded():
 
 
 def test_train_val_test_variant():
-    table = split_patients(make_manifest(n_osteopenia=40), {"test_size": 0.15, "val_size": 0.15, "n_folds": 5}, 1)
+    table = split_patients(make_manifest(n_osteopenia=40), {"test_size": 0.15, "val_size": 0.15, "n_folds": 5, "views": "auto"}, 1)
     fractions = table.partition.value_counts(normalize=True)
     assert set(fractions.index) == {"train", "val", "test"}
     assert 0.11 < fractions["val"] < 0.19 and 0.11 < fractions["test"] < 0.19
@@ -120,6 +120,40 @@ def test_the_split_does_not_depend_on_the_pseudonym_key():
     tables = []
     for key in ("one-key", "another-key"):
         manifest = pd.DataFrame(rows).assign(patient_id=lambda m, k=key: m["patient"].map(lambda p: pseudonymise(p, k)))
-        split = split_patients(manifest.drop(columns="patient"), {"n_folds": 3, "test_size": 0.3}, seed=42)
+        split = split_patients(manifest.drop(columns="patient"), {"n_folds": 3, "test_size": 0.3, "views": "auto"}, seed=42)
         tables.append(split.set_index("scan_id")[["partition", "fold"]].sort_index())
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def _with_views(manifest: pd.DataFrame, lateral_every: int = 3) -> pd.DataFrame:
+    """Every ``lateral_every``-th patient's scans are lateral, the others AP."""
+    number = manifest["patient_id"].str[3:].astype(int)
+    return manifest.assign(view=np.where(number % lateral_every == 0, "lateral", "AP"))
+
+
+def test_views_auto_keeps_ap_and_counts_the_lateral_scans_left_out(caplog):
+    manifest = _with_views(make_manifest())
+    caplog.set_level("INFO")
+    table = split_patients(manifest, PARAMS, 42)
+    n_lateral = int((manifest["view"] == "lateral").sum())
+    assert set(table["view"]) == {"AP"} and len(table) == len(manifest) - n_lateral
+    assert f"{n_lateral} scan(s) of other views left out" in caplog.text
+    fp = data_fingerprint(manifest, table, 42)
+    assert fp["views"] == {"studied": ["AP"], "n_split_by_view": {"AP": len(table), "lateral": 0},
+                           "n_left_out_by_view": {"AP": 0, "lateral": n_lateral}}
+    only_lateral = manifest[manifest["view"] == "lateral"]
+    assert set(split_patients(only_lateral, {**PARAMS, "n_folds": 3}, 42)["view"]) == {"lateral"}  # auto: what there is
+
+
+def test_several_views_are_stratified_by_label_and_view():
+    manifest = _with_views(make_manifest(n_normal=90, n_osteoporosis=120))
+    table = split_patients(manifest, {**PARAMS, "views": ["AP", "lateral"]}, 42)
+    assert len(table) == len(manifest)
+    assert_patients_disjoint(table)
+    overall = (manifest["view"] == "lateral").mean()
+    for part in ("train", "test"):
+        assert abs((table.loc[table.partition == part, "view"] == "lateral").mean() - overall) < 0.05
+    train = table[table.partition == "train"]
+    assert (train.groupby("fold")["view"].nunique() == 2).all()
+    with pytest.raises(ValueError, match="split.views"):
+        split_patients(manifest, {**PARAMS, "views": ["oblique"]}, 42)

@@ -27,6 +27,8 @@ from osteo_pipeline.evaluation.models import (
     select_test_set,
 )
 from osteo_pipeline.evaluation.report_builder import CI_METRICS, FIGURES, compose_report
+from osteo_pipeline.imaging.view import VIEWS
+from osteo_pipeline.pipelines.ingest.privacy import normalise_header, spelling_map
 from osteo_pipeline.training.data import CLASS_SCHEMES
 
 logger = logging.getLogger(__name__)
@@ -122,31 +124,116 @@ def _model_rows(predictions: pd.DataFrame, model: str, class_names: list[str]) -
             rows["patient_id"].astype(str).to_numpy())
 
 
+def _metrics_with_ci(y: np.ndarray, proba: np.ndarray, patients: np.ndarray, classes: list[str],
+                     boot: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One model's metrics on some test scans, with patient-bootstrap CIs (the test set or a subgroup)."""
+    fns = {k: v for k, v in stats.metric_functions(len(classes)).items() if k in CI_METRICS}
+    full = stats.classification_metrics(np.asarray(classes, dtype=object)[y], proba, classes)
+    cis = stats.bootstrap_cis(y, proba, patients, fns, n_boot=int(boot["n_boot"]), alpha=float(boot["alpha"]), seed=seed)
+    onehot = np.eye(len(classes))[y]
+    return {
+        "n_scans": int(len(y)),
+        "n_patients": int(len(np.unique(patients))),
+        **{m: finite_or_none(full[m]) for m in (*CI_METRICS, "loss")},
+        "brier": float(np.mean(np.sum((proba - onehot) ** 2, axis=1))),
+        "ci": {m: {"lo": finite_or_none(c.lo), "hi": finite_or_none(c.hi), "describe": c.describe()} for m, c in cis.items()},
+        "bootstrap": {"method": "patient bootstrap, percentile interval", "n_boot": int(boot["n_boot"]),
+                      "alpha": float(boot["alpha"]), "seed": int(seed),
+                      "n_skipped": int(next(iter(cis.values())).n_skipped)},
+        "confusion_matrix": full["confusion_matrix"],
+        "per_class": full["per_class"],
+        "class_names": classes,
+    }
+
+
 def compute_test_metrics(predictions: pd.DataFrame, label_scheme: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Per model: accuracy, precision, recall, specificity, F1, ROC-AUC (+ per class, confusion
     matrix, log loss, Brier score) on the test set, with patient-bootstrap percentile CIs."""
     classes = list(CLASS_SCHEMES[label_scheme])
-    boot = params["bootstrap"]
-    fns = {k: v for k, v in stats.metric_functions(len(classes)).items() if k in CI_METRICS}
-    out: dict[str, Any] = {}
-    for model in dict.fromkeys(predictions["model"]):
-        y, proba, patients = _model_rows(predictions, model, classes)
-        full = stats.classification_metrics(np.asarray(classes, dtype=object)[y], proba, classes)
-        cis = stats.bootstrap_cis(y, proba, patients, fns, n_boot=int(boot["n_boot"]), alpha=float(boot["alpha"]), seed=seed)
-        onehot = np.eye(len(classes))[y]
-        out[model] = {
-            "n_scans": int(len(y)),
-            "n_patients": int(len(np.unique(patients))),
-            **{m: finite_or_none(full[m]) for m in (*CI_METRICS, "loss")},
-            "brier": float(np.mean(np.sum((proba - onehot) ** 2, axis=1))),
-            "ci": {m: {"lo": finite_or_none(c.lo), "hi": finite_or_none(c.hi), "describe": c.describe()} for m, c in cis.items()},
-            "bootstrap": {"method": "patient bootstrap, percentile interval", "n_boot": int(boot["n_boot"]),
-                          "alpha": float(boot["alpha"]), "seed": int(seed),
-                          "n_skipped": int(next(iter(cis.values())).n_skipped)},
-            "confusion_matrix": full["confusion_matrix"],
-            "per_class": full["per_class"],
-            "class_names": classes,
-        }
+    return {model: _metrics_with_ci(*_model_rows(predictions, model, classes), classes, params["bootstrap"], seed)
+            for model in dict.fromkeys(predictions["model"])}
+
+
+# ----------------------------------------------------------------------------- subgroups
+
+
+def _age_band_names(edges: list[int]) -> list[tuple[str, str]]:
+    """(report name, MLflow-safe key) of each band: <60, 60–69, 70–79, ≥80 for edges 60, 70, 80."""
+    names = [(f"<{edges[0]}", f"lt{edges[0]}")]
+    names += [(f"{lo}–{hi - 1}", f"{lo}-{hi - 1}") for lo, hi in zip(edges, edges[1:])]
+    return names + [(f"≥{edges[-1]}", f"ge{edges[-1]}")]
+
+
+def subgroup_assignments(manifest: pd.DataFrame, settings: dict[str, Any]) -> dict[str, pd.Series]:
+    """Per attribute present in the (allow-listed) manifest: each scan's group, or None where the
+    value is missing or not a declared spelling. Free-text values are mapped through the declared
+    spellings only, so no cell value reaches the report or MLflow."""
+    out: dict[str, pd.Series] = {}
+    index = manifest["scan_id"].astype(str)
+    if "view" in manifest:
+        out["view"] = pd.Series(manifest["view"].where(manifest["view"].isin(VIEWS)).to_numpy(), index=index)
+    if "age" in manifest:
+        edges = sorted(int(e) for e in settings["age_bands"])
+        names = [name for name, _ in _age_band_names(edges)]
+        bands = pd.cut(pd.to_numeric(manifest["age"], errors="coerce"), [-np.inf, *edges, np.inf], right=False,
+                       labels=names)
+        out["age_band"] = pd.Series(bands.astype(object).where(bands.notna(), None).to_numpy(), index=index)
+    for column in ("sex", "scanner"):
+        if column in manifest:
+            spellings = spelling_map(settings[column], what=f"evaluate.subgroups.{column} spelling")
+            groups = manifest[column].map(lambda v: None if pd.isna(v) else spellings.get(normalise_header(str(v))))
+            out[column] = pd.Series(groups.to_numpy(), index=index)
+    return {a: out[a] for a in settings["attributes"] if a in out}
+
+
+def _group_key(attribute: str, group: str, settings: dict[str, Any]) -> str:
+    """MLflow-safe suffix of a group (``view_AP``, ``age_60-69``, ``sex_female``, ``scanner_scanner_a``)."""
+    if attribute == "age_band":
+        keys = dict(_age_band_names(sorted(int(e) for e in settings["age_bands"])))
+        return f"age_{keys[group]}"
+    return f"{attribute}_{normalise_header(group) if attribute != 'view' else group}"
+
+
+def _group_order(attribute: str, groups: pd.Series, settings: dict[str, Any]) -> list[str]:
+    """The groups present, in report order: views as declared, age bands ascending, others sorted."""
+    if attribute == "view":
+        names = list(VIEWS)
+    elif attribute == "age_band":
+        names = [name for name, _ in _age_band_names(sorted(int(e) for e in settings["age_bands"]))]
+    else:
+        names = sorted(set(groups.dropna()))
+    return [name for name in names if (groups == name).any()]
+
+
+def compute_subgroup_metrics(
+    predictions: pd.DataFrame, test_set: TestSet, label_scheme: str, params: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """Every model's test metrics with patient-bootstrap CIs per subgroup (view, sex, age band,
+    scanner family: those the manifest carries), with the n of each. A group with fewer than
+    ``subgroups.min_scans`` scans or without every class gets its counts and the reason instead."""
+    classes = list(CLASS_SCHEMES[label_scheme])
+    settings = params["subgroups"]
+    assigned = subgroup_assignments(test_set.manifest, settings)
+    out: dict[str, Any] = {"attributes": {}, "min_scans": int(settings["min_scans"]),
+                           "absent": [a for a in settings["attributes"] if a not in assigned]}
+    for attribute, groups in assigned.items():
+        entry: dict[str, Any] = {"n_unassigned": int(groups.isna().sum()), "groups": {}}
+        for group in _group_order(attribute, groups, settings):
+            scans = set(groups.index[groups == group])
+            rows = predictions[predictions["scan_id"].astype(str).isin(scans)]
+            first = rows[rows["model"] == rows["model"].iloc[0]]
+            counts = first["label"].value_counts().reindex(classes, fill_value=0).astype(int).to_dict()
+            info: dict[str, Any] = {"key": _group_key(attribute, str(group), settings), "n_scans": int(len(first)),
+                                    "n_patients": int(first["patient_id"].nunique()), "class_counts": counts}
+            if len(first) < int(settings["min_scans"]):
+                info["skipped"] = f"n={len(first)} scans, under evaluate.subgroups.min_scans = {settings['min_scans']}"
+            elif min(counts.values()) == 0:
+                info["skipped"] = "a class is absent (" + ", ".join(c for c, n in counts.items() if n == 0) + ")"
+            else:
+                info["models"] = {m: _metrics_with_ci(*_model_rows(rows, m, classes), classes, params["bootstrap"], seed)
+                                  for m in dict.fromkeys(rows["model"])}
+            entry["groups"][str(group)] = info
+        out["attributes"][attribute] = entry
     return out
 
 
@@ -333,9 +420,11 @@ def build_report(
     label_scheme: str,
     params: dict[str, Any],
     paper_reference: dict[str, Any],
+    subgroup_metrics: dict[str, Any] | None = None,
 ) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     """report.md (figures linked), the self-contained report.html (figures inlined), the
     evaluation summary (JSON) and the MLflow record (per-model child runs + parent metrics)."""
     doc, summary, record = compose_report(test_set, model_status, test_metrics, comparison, ingest_report,
-                                          data_fingerprint, split_table, label_scheme, params, paper_reference)
+                                          data_fingerprint, split_table, label_scheme, params, paper_reference,
+                                          subgroup_metrics)
     return doc.markdown(params["figure_dir"]), doc.html(figures_base64), summary, record

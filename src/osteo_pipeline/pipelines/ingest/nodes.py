@@ -22,16 +22,20 @@ import pandas as pd
 from osteo_pipeline.datasets.raw_bytes import RawReadError, os_reason
 from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
 from osteo_pipeline.imaging.quality import degenerate_reason
+from osteo_pipeline.imaging.view import VIEWS, classify_view
 
 from .privacy import PUBLIC_KEY, file_ref, normalise_header, pseudonymise, redact_paths, spelling_map
 from .tables import TableError, read_table
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["source", "status", "scan_id", "width", "height", "bit_depth", "format", "reason", "detail"]
+INDEX_COLUMNS = ["source", "status", "scan_id", "width", "height", "bit_depth", "format", "view_auto", "reason",
+                 "detail"]
 MANIFEST_COLUMNS = ["scan_id", "file_ref", "patient_id", "label", "width", "height", "bit_depth", "format"]
 FILE_INDEX_COLUMNS = ["file_ref", "source", "status", "scan_id", "reason"]
 ROI_COLUMNS = ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]
+# view: AP | lateral; view_source: table (the labels CSV's view column) | auto (imaging.view's classifier).
+VIEW_COLUMNS = ["view", "view_source"]
 PUBLIC_KEY_WARNING = (
     "pseudonyms use the public default key, so anyone can recover patient ids from them by trying "
     "candidate ids: unset OSTEO_PSEUDONYM_KEY to use this project's secret key (conf/local/pseudonym_key.txt)"
@@ -66,6 +70,7 @@ def index_scans(raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any
     ``status`` is ``scan`` (decoded), ``skipped`` (expected non-scan file, never loaded)
     or ``error`` (with ``reason`` code and ``detail``): unreadable files and folders, files
     that do not decode, and ``degenerate`` images. ``scan_id`` is the content sha256.
+    ``view_auto`` is the image classifier's view (AP or lateral) of each decoded scan.
     Exceptions that are not about a file (ImportError, MemoryError...) stop the run.
     """
     rows = []
@@ -84,7 +89,8 @@ def index_scans(raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any
             continue
         scan_id = hashlib.sha256(data).hexdigest()
         if scan_id not in seen:
-            seen[scan_id] = _describe_scan(data, source, int(params["max_pixels"]), params["degenerate"])
+            seen[scan_id] = _describe_scan(data, source, int(params["max_pixels"]), params["degenerate"],
+                                           params["view"]["classifier"])
         del data  # pixels and bytes are dropped here; only metadata is kept
         rows.append({"source": source, "scan_id": scan_id, **seen[scan_id]})
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
@@ -153,7 +159,8 @@ def build_manifest(
         labelled.append({**row._asdict(), "label": label})
 
     kept = _deduplicate(labelled, found, refs)
-    manifest, id_sources = _assemble(kept, table, columns, roi, regex, params, pseudonym_key, refs)
+    manifest, id_sources = _assemble(kept, table, columns, roi, regex, params, pseudonym_key, refs,
+                                     found["table_issues"], table_name)
     if roi is not None:
         _blank_invalid_boxes(manifest, roi_name, found["table_issues"])
     layout = {
@@ -184,7 +191,8 @@ def _is_expected_non_scan(source: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(path.name.lower(), p.lower()) for p in patterns)
 
 
-def _describe_scan(data: bytes, source: str, max_pixels: int, degenerate: dict[str, Any]) -> dict[str, Any]:
+def _describe_scan(data: bytes, source: str, max_pixels: int, degenerate: dict[str, Any],
+                   view_classifier: dict[str, Any]) -> dict[str, Any]:
     try:
         scan = decode_scan(data, name=source, max_pixels=max_pixels)
     except ScanDecodeError as err:
@@ -194,8 +202,11 @@ def _describe_scan(data: bytes, source: str, max_pixels: int, degenerate: dict[s
     if why:
         return {"status": "error", "reason": "degenerate", "detail": why, "width": scan.width,
                 "height": scan.height, "bit_depth": scan.bit_depth, "format": scan.format}
+    # Run on every decoded scan (the pixels are only here): the manifest falls back to it per
+    # scan when the labels CSV gives no usable view.
+    guess = classify_view(scan.pixels, float(view_classifier["band"]), float(view_classifier["min_correlation"]))
     return {"status": "scan", "width": scan.width, "height": scan.height,
-            "bit_depth": scan.bit_depth, "format": scan.format}
+            "bit_depth": scan.bit_depth, "format": scan.format, "view_auto": guess.view}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -416,12 +427,33 @@ def _patient_id(row: dict[str, Any], table_row: pd.Series | None, regex: re.Patt
     return row["scan_id"], "file"
 
 
+def _view(table_row: pd.Series | None, auto: str, views: dict[str, str], table_name: str | None,
+          source: str, issues: list[dict[str, Any]]) -> tuple[str, str]:
+    """(view, view_source): the labels CSV's view when its cell is a known spelling, else the
+    image classifier's. An unknown cell is reported without its value (it may be free text)."""
+    value = None if table_row is None or "view" not in table_row else table_row["view"]
+    if value is None or pd.isna(value) or not str(value).strip():
+        return auto, "auto"
+    canonical = views.get(normalise_header(str(value)))
+    if canonical is None:
+        issues.append({"table": table_name, "file": source, "reason": "unrecognised_view",
+                       "detail": f"unrecognised view value in {table_name} line {table_row['line']} (known: "
+                                 f"{', '.join(VIEWS)} and their spellings in ingest.view.spellings); "
+                                 "the image classifier's view is used"})
+        return auto, "auto"
+    return canonical, "table"
+
+
 def _assemble(kept: list[dict[str, Any]], table: pd.DataFrame | None, columns: dict[str, Any],
               roi: pd.DataFrame | None, regex: re.Pattern | None, params: dict[str, Any], key: str,
-              refs: dict[str, str]) -> tuple[pd.DataFrame, Counter]:
+              refs: dict[str, str], issues: list[dict[str, Any]], table_name: str | None) -> tuple[pd.DataFrame, Counter]:
     """The manifest rows (with the raw ``source`` still attached, dropped before saving)."""
     first_rows = table.drop_duplicates("file").set_index("file") if table is not None else None
-    clinical = list(columns.get("clinical_columns", {}))
+    # The CSV's view column is read through ingest.view.spellings into VIEW_COLUMNS, never passed raw.
+    clinical = [c for c in columns.get("clinical_columns", {}) if c not in VIEW_COLUMNS]
+    views = spelling_map(params["view"]["spellings"], what="view spelling")
+    if set(views.values()) != set(VIEWS):
+        raise ValueError(f"ingest.view.spellings must declare exactly the views {', '.join(VIEWS)}")
     id_sources: Counter = Counter()
     records = []
     for row in kept:
@@ -434,12 +466,14 @@ def _assemble(kept: list[dict[str, Any]], table: pd.DataFrame | None, columns: d
         record["patient_id"] = pseudonymise(raw_id, key, int(params["pseudonym_length"]))
         for column in clinical:
             record[column] = table_row[column] if table_row is not None else None
+        record["view"], record["view_source"] = _view(table_row, row["view_auto"], views, table_name,
+                                                      row["source"], issues)
         box = roi.loc[row["source"]] if roi is not None and row["source"] in roi.index else None
         for column in ROI_COLUMNS:
             record[column] = float(box[column]) if box is not None else float("nan")
         record["source"] = row["source"]
         records.append(record)
-    manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS + clinical + ROI_COLUMNS + ["source"])
+    manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS + clinical + VIEW_COLUMNS + ROI_COLUMNS + ["source"])
     manifest = manifest.sort_values("scan_id", ignore_index=True)
     for column in ("width", "height", "bit_depth"):
         manifest[column] = manifest[column].astype("int64")
@@ -554,6 +588,8 @@ def _report(scan_index: pd.DataFrame, manifest: pd.DataFrame, found: dict[str, l
             "scan_files": int(len(scan_index)) - len(skipped),
             "accepted": int(len(manifest)),
             "accepted_by_class": {c: int(per_class.get(c, 0)) for c in params["classes"]},
+            "accepted_by_view": {v: int((manifest["view"] == v).sum()) for v in VIEWS},
+            "view_source": {s: int((manifest["view_source"] == s).sum()) for s in ("table", "auto")},
             "patients": int(manifest["patient_id"].nunique()),
             "patient_id_source": {k: int(id_sources.get(k, 0)) for k in ("table", "filename", "file")},
             "excluded": len(excluded),
@@ -606,6 +642,9 @@ def _log_problems(report: dict[str, Any]) -> None:
     for warning in report["warnings"]:
         log.warning("ingest: %s", warning)
     counts = report["counts"]
+    log.info("ingest: views %s (from the labels CSV: %d, from the image classifier: %d)",
+             ", ".join(f"{k} {v}" for k, v in counts["accepted_by_view"].items()), counts["view_source"]["table"],
+             counts["view_source"]["auto"])
     log.info(
         "ingest: %d files in %s (%s layout): %d scans accepted (%s) from %d patients; %d excluded %s; "
         "%d duplicate copies dropped; %d conflict groups; %d table issues; %d non-scan files skipped",

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import crop_and_resize, roi_contact_sheet
+from .nodes import crop_and_resize, roi_contact_sheet, roi_review
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,6 +19,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["model_input_150", "scan_manifest", "params:roi_resize.contact_sheet_per_class"],
                 outputs="roi_contact_sheet",
                 name="roi_contact_sheet",
+            ),
+            Node(
+                roi_review,
+                inputs=["roi_table", "scan_manifest", "raw_scans", "file_index", "params:roi_resize.review",
+                        "params:ingest.max_pixels"],
+                outputs=["roi_review", "roi_review_sheet"],
+                name="roi_review",
             ),
         ]
     )
