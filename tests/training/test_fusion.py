@@ -41,7 +41,7 @@ def test_each_fold_trains_on_its_own_features_with_in_fold_preprocessing(inputs)
     table = cross_validate(head, ts, config=config, augmentation_policy=None, streams=streams, fit=fit_fusion)
     assert table["fold"].tolist() == ts.cv_folds
     assert list(table.columns) == ["model", "learning_rate", "fold", "n_train", "n_val", "accuracy", "precision", "recall",
-                                   "specificity", "f1", "auc", "loss", "best_epoch", "epochs_run", "train_seconds",
+                                   "specificity", "f1", "auc", "loss", "best_epoch", "epochs_run", "still_improving", "train_seconds",
                                    "mlflow_run_id"]
     for fold in ts.cv_folds:
         train = tables[fold][ts.folds != fold]  # the other folds' rows of this fold's own table

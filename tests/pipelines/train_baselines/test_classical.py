@@ -23,7 +23,7 @@ from osteo_testkit import REPO, run_kedro
 CLASSICAL = ("svm", "random_forest")
 # cnn21_fold_metrics.csv's columns, with the grid point ("setting") where CNN21 has its learning rate
 FOLD_COLUMNS = ["model", "setting", "fold", "n_train", "n_val", "accuracy", "precision", "recall", "specificity",
-                "f1", "auc", "loss", "best_epoch", "epochs_run", "train_seconds", "mlflow_run_id"]
+                "f1", "auc", "loss", "best_epoch", "epochs_run", "still_improving", "train_seconds", "mlflow_run_id"]
 
 
 def latest(path: Path) -> Path:

@@ -28,7 +28,7 @@ from osteo_testkit import project_catalog, run_kedro
 
 
 FOLD_COLUMNS = ["model", "learning_rate", "fold", "n_train", "n_val", "accuracy", "precision", "recall", "specificity",
-                "f1", "auc", "loss", "best_epoch", "epochs_run", "train_seconds", "mlflow_run_id"]
+                "f1", "auc", "loss", "best_epoch", "epochs_run", "still_improving", "train_seconds", "mlflow_run_id"]
 CNN21_RATE = 1e-4
 
 

@@ -23,7 +23,7 @@ OUTPUTS = ("training_set", "frozen_activations", "fold_metrics", "cv_summary", "
 NODES = ("select_training_scans", "cache_frozen_activations", "cross_validate", "fit_final")
 # cnn21_fold_metrics.csv's columns, in order: the same loop writes both
 FOLD_COLUMNS = ["model", "learning_rate", "fold", "n_train", "n_val", "accuracy", "precision", "recall", "specificity",
-                "f1", "auc", "loss", "best_epoch", "epochs_run", "train_seconds", "mlflow_run_id"]
+                "f1", "auc", "loss", "best_epoch", "epochs_run", "still_improving", "train_seconds", "mlflow_run_id"]
 
 
 def latest(path: Path) -> Path:
