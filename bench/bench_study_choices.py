@@ -66,15 +66,17 @@ def newest(path: Path) -> Path:
     return sorted(path.glob(f"*/{path.name}"))[-1]
 
 
-def fold_curves(project: Path, run_ids: list[str]) -> dict[str, list[float]]:
-    """Validation loss per epoch of each fold run (MLflow metric history)."""
+def fold_curves(project: Path, epochs: dict[str, int]) -> dict[str, list[float]]:
+    """Validation loss per epoch of each fold run (MLflow metric history). Only the epochs' own
+    points: the loop also logs the restored best weights' scikit-learn log loss one step after the
+    last epoch, without Keras' L2 term, which is not a point of the curve."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     curves = {}
-    for run_id in run_ids:
+    for run_id, n in epochs.items():
         history = sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)
-        curves[run_id] = [m.value for m in history]
+        curves[run_id] = [m.value for m in history if m.step < n]
     return curves
 
 
@@ -94,7 +96,8 @@ def run_case(project: Path, model: str, fit: str, grid: list[float], args: argpa
         seconds = kedro(project, "--pipelines=train_baselines", f"--namespaces={model}",
                         f"--to-outputs={model}.cv_summary", *common)
         folds = pd.read_csv(newest(project / f"data/08_reporting/{model}_fold_metrics.csv"))
-    curves = fold_curves(project, [r for r in folds["mlflow_run_id"].dropna()])
+    runs = folds.dropna(subset=["mlflow_run_id"])
+    curves = fold_curves(project, dict(zip(runs["mlflow_run_id"], runs["epochs_run"].astype(int))))
     by_lr = {}
     for lr, rows in folds.groupby("learning_rate"):
         aucs = [float(a) for a in rows["auc"].dropna()]

@@ -47,4 +47,4 @@ def test_synthetic_cohort_scans(tmp_path):
              for f in clinical["file"]]
     right = (clinical["view"] == pd.Series(calls)).to_numpy()
     assert set(clinical["view"]) == {"AP", "lateral"}
-    assert right.mean() >= 0.8, list(zip(clinical["view"], calls))  # the bench measures ~96 % at scale 0.5
+    assert right.mean() >= 0.8, list(zip(clinical["view"], calls))  # the bench measures 99 % at scale 0.5
