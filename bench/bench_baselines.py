@@ -43,7 +43,8 @@ from bench_cnn21 import LOGGING_YML, _latest  # noqa: E402  (this folder: plain 
 
 from osteo_pipeline.models.backbones import BACKBONES, build_transfer_model  # noqa: E402
 from osteo_pipeline.training import runtime  # noqa: E402
-from osteo_pipeline.training.data import InputStreams, TrainingSet, select_training_set  # noqa: E402
+from osteo_pipeline.training.data import TrainingSet, select_training_set  # noqa: E402
+from osteo_pipeline.training.streams import InputStreams  # noqa: E402
 from osteo_pipeline.training.loop import compile_model  # noqa: E402
 from osteo_pipeline.training.transfer import transfer_phases  # noqa: E402
 

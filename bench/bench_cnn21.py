@@ -39,7 +39,8 @@ import tensorflow as tf  # noqa: E402
 
 from osteo_pipeline.models.cnn21 import build_cnn21  # noqa: E402
 from osteo_pipeline.training import runtime  # noqa: E402
-from osteo_pipeline.training.data import InputStreams, TrainingSet, select_training_set  # noqa: E402
+from osteo_pipeline.training.data import TrainingSet, select_training_set  # noqa: E402
+from osteo_pipeline.training.streams import InputStreams  # noqa: E402
 from osteo_pipeline.training.loop import compile_model  # noqa: E402
 
 # Plain one-line log records (kedro's rich console wraps lines), to read epochs and memory back.

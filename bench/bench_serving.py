@@ -126,7 +126,7 @@ def profile(model_uri: str, scans: list[bytes], repeats: int) -> dict:
 
     from osteo_pipeline.imaging.decode import decode_scan
     from osteo_pipeline.imaging.preprocess import choose_roi, crop_resize
-    from osteo_pipeline.training.data import scale_images
+    from osteo_pipeline.imaging.preprocess import scale_images
 
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     model = pyfunc.unwrap_python_model()

@@ -14,7 +14,7 @@ from osteo_pipeline.evaluation.models import (
     predictions_table,
     select_test_set,
 )
-from osteo_pipeline.leakage import LeakageError
+from osteo_pipeline.core.leakage import LeakageError
 
 
 def test_test_set_holds_the_test_partition_of_the_scheme_only(cohort):

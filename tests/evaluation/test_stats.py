@@ -9,18 +9,17 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from osteo_pipeline.evaluation import (
+from osteo_pipeline.core.metrics import classification_metrics, midrank_auc
+from osteo_pipeline.evaluation.stats import (
     bootstrap_auc_difference,
     bootstrap_ci,
     bootstrap_cis,
-    classification_metrics,
     delong_covariance,
     delong_test,
     holm,
     label_indices,
     mcnemar_exact,
     metric_functions,
-    midrank_auc,
     paired_ttest,
 )
 

@@ -8,12 +8,12 @@ import pytest
 from scipy import ndimage
 
 from osteo_pipeline.models.classical import (
-    cross_validate_setting,
     handcrafted_features,
     make_classifier,
     make_image_classifier,
     setting_label,
 )
+from osteo_pipeline.training.classical import cross_validate_setting
 
 GRIDS = {
     "svm": {"C": [0.1, 1.0, 10.0], "gamma": ["scale"]},

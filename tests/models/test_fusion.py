@@ -17,16 +17,14 @@ from osteo_pipeline.models.fusion import (
     build_fusion_network,
     check_covariates,
     clinical_table,
-    covariate_aucs,
-    dominant_covariate_warnings,
     fit_preprocessing,
     image_features,
     joined_table,
     preprocessing_state,
     resolve_covariates,
-    single_covariate_auc,
 )
 from osteo_pipeline.training.features import embedding_model
+from osteo_pipeline.training.fusion import covariate_aucs, dominant_covariate_warnings, single_covariate_auc
 
 
 @pytest.mark.parametrize("covariates, leak", [

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from osteo_pipeline.imaging.augment import augment_preview, build_augmenter
-from osteo_pipeline.training.data import DataLeakageError, InputStreams, select_training_set
+from osteo_pipeline.training.data import DataLeakageError, select_training_set
+from osteo_pipeline.training.streams import InputStreams
 
 
 

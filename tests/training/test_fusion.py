@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from osteo_pipeline.models.fusion import build_fusion_head
-from osteo_pipeline.training import TrainingConfig, cross_validate, select_training_set
+from osteo_pipeline.training.data import select_training_set
+from osteo_pipeline.training.loop import TrainingConfig, cross_validate
 from osteo_pipeline.training.fusion import FINAL, FusionStreams, fit_fusion
 
 

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from osteo_pipeline.models.cnn21 import build_cnn21
-from osteo_pipeline.training import TrainingConfig, cross_validate, select_training_set, summarise_cv
-from osteo_pipeline.training.data import InputStreams
+from osteo_pipeline.training.data import select_training_set
+from osteo_pipeline.training.loop import TrainingConfig, cross_validate, summarise_cv
+from osteo_pipeline.training.streams import InputStreams
 from osteo_pipeline.training.loop import compile_model, final_split, fit_model, still_improving
 
 

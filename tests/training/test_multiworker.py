@@ -29,7 +29,9 @@ WORKER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from conftest import POLICY, synthetic_inputs
     from osteo_pipeline.models.cnn21 import build_cnn21
-    from osteo_pipeline.training import TrainingConfig, classification_metrics, final_fit, select_training_set
+    from osteo_pipeline.training.data import select_training_set
+    from osteo_pipeline.training.loop import TrainingConfig, final_fit
+    from osteo_pipeline.training.metrics import classification_metrics
     from osteo_pipeline.training.loop import final_split
     from osteo_pipeline.training.metrics import prefixed
     from osteo_pipeline.training.runtime import get_strategy

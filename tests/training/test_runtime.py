@@ -44,8 +44,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from conftest import POLICY, synthetic_inputs
     from functools import partial
     from osteo_pipeline.models.cnn21 import build_cnn21
-    from osteo_pipeline.training import TrainingConfig, select_training_set
-    from osteo_pipeline.training.data import InputStreams
+    from osteo_pipeline.training.data import select_training_set
+    from osteo_pipeline.training.loop import TrainingConfig
+    from osteo_pipeline.training.streams import InputStreams
     from osteo_pipeline.training.loop import fit_model
     from osteo_pipeline.training.runtime import get_strategy
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from osteo_pipeline.models.backbones import build_transfer_model, submodel
-from osteo_pipeline.training import TrainingConfig, select_training_set
-from osteo_pipeline.training.data import scale_images
+from osteo_pipeline.training.data import select_training_set
+from osteo_pipeline.training.loop import TrainingConfig
+from osteo_pipeline.imaging.preprocess import scale_images
 from osteo_pipeline.training.transfer import (
     TransferStreams,
     build_top,

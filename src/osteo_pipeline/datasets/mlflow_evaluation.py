@@ -12,24 +12,18 @@ Without an active run (a notebook, tracking off) nothing is logged.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError
+
+from osteo_pipeline.core.metrics import finite_or_none
 
 logger = logging.getLogger(__name__)
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            out[key] = number
-    return out
+    """The metrics MLflow can store: finite numbers only."""
+    return {key: number for key, value in metrics.items() if (number := finite_or_none(value)) is not None}
 
 
 class MlflowEvaluationDataset(AbstractDataset[dict[str, Any], None]):

@@ -1,43 +1,5 @@
-"""Evaluation: metrics, patient-bootstrap confidence intervals and paired model comparisons."""
+"""Evaluation: patient-bootstrap confidence intervals, paired model comparisons, figures and the report.
 
-from osteo_pipeline.evaluation.stats import (
-    METRIC_NAMES,
-    BootstrapCI,
-    BootstrapDifference,
-    DeLongResult,
-    McNemarResult,
-    PairedTTest,
-    bootstrap_auc_difference,
-    bootstrap_ci,
-    bootstrap_cis,
-    classification_metrics,
-    delong_covariance,
-    delong_test,
-    holm,
-    label_indices,
-    mcnemar_exact,
-    metric_functions,
-    midrank_auc,
-    paired_ttest,
-)
-
-__all__ = [
-    "METRIC_NAMES",
-    "BootstrapCI",
-    "BootstrapDifference",
-    "DeLongResult",
-    "McNemarResult",
-    "PairedTTest",
-    "bootstrap_auc_difference",
-    "bootstrap_ci",
-    "bootstrap_cis",
-    "classification_metrics",
-    "delong_covariance",
-    "delong_test",
-    "holm",
-    "label_indices",
-    "mcnemar_exact",
-    "metric_functions",
-    "midrank_auc",
-    "paired_ttest",
-]
+Import from the modules (``from osteo_pipeline.evaluation.stats import bootstrap_ci``): the package
+itself imports nothing, so a light module never pays for scipy or TensorFlow.
+"""

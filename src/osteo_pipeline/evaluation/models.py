@@ -10,7 +10,6 @@ two inputs (image + clinical covariates) are handled by ``_fusion_inputs`` alone
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from osteo_pipeline.leakage import LeakageError, assert_patients_disjoint
-from osteo_pipeline.training.data import CLASS_SCHEMES
+from osteo_pipeline.core.labels import LabelScheme
+from osteo_pipeline.core.leakage import LeakageError, assert_patients_disjoint
 
 FAMILIES = ("cnn21", "transfer", "classical", "fusion")
 TEST_PARTITION = "test"
@@ -110,7 +109,7 @@ def select_test_set(
     model_inputs: Mapping[int, dict[str, np.ndarray]],
     split_table: pd.DataFrame,
     scan_manifest: pd.DataFrame,
-    label_scheme: str,
+    label_scheme: str | LabelScheme,
 ) -> TestSet:
     """The test-partition scans of ``label_scheme`` at every input size: THE ONLY read of test scans.
 
@@ -118,10 +117,9 @@ def select_test_set(
     this is where the held-out partition is opened, once, for evaluation. Never augmented.
     Patients are checked to sit in one partition only, and every size must hold the same scans.
     """
-    if label_scheme not in CLASS_SCHEMES:
-        raise ValueError(f"label_scheme must be one of {sorted(CLASS_SCHEMES)}, got {label_scheme!r}")
+    scheme = LabelScheme.of(label_scheme)
     assert_patients_disjoint(split_table)
-    class_names = CLASS_SCHEMES[label_scheme]
+    class_names = scheme.classes
     table = split_table.assign(scan_id=split_table["scan_id"].astype(str)).set_index("scan_id")
     wanted = table[(table["partition"] == TEST_PARTITION) & table["label"].isin(class_names)]
     if wanted.empty:
@@ -142,12 +140,12 @@ def select_test_set(
     return TestSet(
         scan_ids=order,
         patient_ids=rows["patient_id"].astype(str).to_numpy(),
-        labels=rows["label"].map({c: i for i, c in enumerate(class_names)}).to_numpy(dtype=np.int64),
-        class_names=tuple(class_names),
+        labels=rows["label"].map(scheme.index()).to_numpy(dtype=np.int64),
+        class_names=class_names,
         images=images,
         manifest=manifest,
         counts={
-            "label_scheme": label_scheme,
+            "label_scheme": scheme.name,
             "n_test_scans": len(order),
             "n_test_patients": int(rows["patient_id"].nunique()),
             "class_counts": rows["label"].value_counts().reindex(class_names, fill_value=0).astype(int).to_dict(),
@@ -235,12 +233,3 @@ def predictions_table(model_name: str, test: TestSet, proba: np.ndarray) -> pd.D
 
 def proba_columns(class_names: Sequence[str]) -> list[str]:
     return [f"p_{c}" for c in class_names]
-
-
-def finite_or_none(value: Any) -> float | None:
-    """JSON-safe number: NaN/inf/None -> None."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None

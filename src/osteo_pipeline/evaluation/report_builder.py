@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from osteo_pipeline.evaluation.models import TestSet, finite_or_none
+from osteo_pipeline.core.metrics import finite_or_none
+from osteo_pipeline.evaluation.models import TestSet
 from osteo_pipeline.evaluation.report import Report
 
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")

@@ -19,17 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    log_loss,
-    multilabel_confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
-# Scalar metrics shared by every model's fold and test tables (prefixed ``val_`` / ``test_`` there).
-METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "loss")
+from osteo_pipeline.core.metrics import as_proba_matrix, midrank_auc
 
 # Below this many paired units a test's p-value is flagged as resting on a small sample.
 SMALL_SAMPLE = 10
@@ -52,31 +43,9 @@ def _sample_note(n: int, unit: str) -> str:
     return f"(n={n} {unit}; small sample)" if n < SMALL_SAMPLE else f"(n={n} {unit})"
 
 
-def _as_proba_matrix(proba: Any, n_classes: int) -> np.ndarray:
-    """(n, k) probabilities; a 1-d binary input is the positive (last) class's probability."""
-    p = np.asarray(proba, dtype=float)
-    if p.ndim == 1:
-        if n_classes != 2:
-            raise ValueError("a 1-d probability vector is only meaningful for two classes")
-        p = np.column_stack([1.0 - p, p])
-    if p.ndim != 2 or p.shape[1] != n_classes:
-        raise ValueError(f"proba must have shape (n, {n_classes}), got {p.shape}")
-    return p
-
-
 def _resolve_classes(y_true: np.ndarray, classes: Sequence[Any] | None) -> list[Any]:
     """The given class order, else the sorted labels (sklearn's ``classes_`` order)."""
     return list(classes) if classes is not None else sorted(np.unique(y_true).tolist())
-
-
-def midrank_auc(y_positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC-AUC by the Mann-Whitney midrank formula (ties count one half); fast enough for bootstraps."""
-    pos = np.asarray(y_positive, dtype=bool)
-    m, n = int(pos.sum()), int((~pos).sum())
-    if m == 0 or n == 0:
-        return float("nan")
-    ranks = stats.rankdata(np.asarray(score, dtype=float))
-    return float((ranks[pos].sum() - m * (m + 1) / 2) / (m * n))
 
 
 def _macro_auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float:
@@ -86,69 +55,6 @@ def _macro_auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) ->
         return midrank_auc(y_true == classes[-1], proba[:, -1])
     present = [(k, c) for k, c in enumerate(classes) if np.any(y_true == c)]
     return float(np.mean([midrank_auc(y_true == c, proba[:, k]) for k, c in present]))
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def classification_metrics(y_true: Any, proba: Any, classes: Sequence[Any]) -> dict[str, Any]:
-    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, log loss and confusion matrix.
-
-    Predictions are the arg-max class. Binary: precision/recall/F1/specificity of the positive
-    (last) class and the AUC of its probability. More classes: macro averages over classes, with
-    specificity TN/(TN+FP) one-vs-rest and the one-vs-rest macro ROC-AUC. ``per_class`` holds the
-    one-vs-rest figures of every class; ``loss`` is the log loss (the CNN's cross-entropy).
-    AUC is NaN where ``y_true`` holds a single class.
-    """
-    classes = list(classes)
-    y = np.asarray(y_true)
-    p = _as_proba_matrix(proba, len(classes))
-    y_pred = np.asarray(classes, dtype=object)[p.argmax(axis=1)]
-    y_obj = y.astype(object)
-
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y_obj, y_pred, labels=classes, average=None, zero_division=0
-    )
-    # Rows of each 2x2 matrix: [[TN, FP], [FN, TP]] for "this class vs the rest".
-    mcm = multilabel_confusion_matrix(y_obj, y_pred, labels=classes)
-    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
-    spec = np.divide(tn, tn + fp, out=np.zeros(len(classes)), where=(tn + fp) > 0)
-    auc_k = [midrank_auc(y == c, p[:, k]) for k, c in enumerate(classes)]
-
-    present = np.isin(classes, y)
-    if present.sum() < 2:
-        auc = float("nan")
-    elif len(classes) == 2:
-        auc = float(roc_auc_score(y == classes[-1], p[:, -1]))
-    elif present.all():
-        auc = float(roc_auc_score(y_obj, p, multi_class="ovr", average="macro", labels=classes))
-    else:  # sklearn's ovr refuses absent classes; average the ones that can be scored
-        auc = float(np.nanmean(auc_k))
-
-    pick = slice(-1, None) if len(classes) == 2 else slice(None)  # binary: the positive class only
-    return {
-        "n": int(y.size),
-        "classes": classes,
-        "accuracy": float(accuracy_score(y_obj, y_pred)),
-        "precision": float(np.mean(prec[pick])),
-        "recall": float(np.mean(rec[pick])),
-        "specificity": float(np.mean(spec[pick])),
-        "f1": float(np.mean(f1[pick])),
-        "auc": auc,
-        "loss": float(log_loss(y_obj, p, labels=classes)),
-        "confusion_matrix": confusion_matrix(y_obj, y_pred, labels=classes).tolist(),
-        "per_class": {
-            str(c): {
-                "precision": float(prec[k]),
-                "recall": float(rec[k]),
-                "specificity": float(spec[k]),
-                "f1": float(f1[k]),
-                "auc": float(auc_k[k]),
-                "support": int(support[k]),
-            }
-            for k, c in enumerate(classes)
-        },
-    }
 
 
 # --------------------------------------------------------------------------- patient bootstrap
@@ -528,7 +434,7 @@ def bootstrap_auc_difference(
     """
     y = np.asarray(y_true)
     cls = _resolve_classes(y, classes)
-    pa, pb = _as_proba_matrix(proba_a, len(cls)), _as_proba_matrix(proba_b, len(cls))
+    pa, pb = as_proba_matrix(proba_a, len(cls)), as_proba_matrix(proba_b, len(cls))
     auc_a, auc_b = _macro_auc(y, pa, cls), _macro_auc(y, pb, cls)
     diffs = np.array(
         [

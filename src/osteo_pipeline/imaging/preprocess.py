@@ -7,6 +7,7 @@ so training and serving can never disagree on preprocessing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -146,3 +147,11 @@ def box_iou(a: Box, b: Box) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def scale_images(images: Any) -> Any:
+    """Pixel scaling the models expect: [0, 255] -> [0, 1] float32, as a ``tf.Tensor`` (training
+    streams and the served model both call it, so they cannot disagree)."""
+    import tensorflow as tf  # here, not at module level: roi_resize and `kedro` commands never need it
+
+    return tf.cast(images, tf.float32) / 255.0

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.signal import find_peaks
 
 Box = tuple[int, int, int, int]
 
@@ -165,6 +164,8 @@ def _body_runs(bone: np.ndarray, column: np.ndarray, norm: np.ndarray) -> list[t
     along the column: narrow lower-lumbar discs, osteophytes and sclerotic end plates can keep
     the mask closed across a disc, but the disc is still darker than the bodies either side.
     """
+    from scipy.signal import find_peaks  # here: loading the pipelines stays fast
+
     h = bone.shape[0]
     cols = np.flatnonzero(column.any(axis=0))
     if cols.size == 0:

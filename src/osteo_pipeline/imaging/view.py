@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.stats import theilslopes
-from skimage.filters import threshold_otsu
 
 VIEWS: tuple[str, ...] = ("AP", "lateral")
 _WORK_HEIGHT = 128  # features are computed on a copy this many rows high: fast, and enough for anatomy
@@ -75,6 +73,8 @@ def _spine_axis(bone: np.ndarray) -> tuple[np.ndarray, float] | None:
     body = ((e - s) >= _BODY_ROWS[0] * width) & ((e - s) <= _BODY_ROWS[1] * width)
     if body.sum() < 4 or np.ptp(y[body]) == 0:
         return None
+    from scipy.stats import theilslopes  # here: loading the ingest pipeline stays fast
+
     slope, intercept, _, _ = theilslopes((s + e - 1)[body] / 2, y[body])
     return intercept + slope * np.arange(bone.shape[0]), width
 
@@ -87,6 +87,8 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def mirror_correlation(pixels: np.ndarray, band: float) -> tuple[float, float]:
     """(mirror correlation, tilt in degrees) of a decoded scan; see the module docstring."""
+    from skimage.filters import threshold_otsu
+
     img = _normalised(pixels)
     bone = img > threshold_otsu(img) if np.ptp(img) > 1e-9 else np.zeros(img.shape, dtype=bool)
     found = _spine_axis(bone)

@@ -2,15 +2,15 @@
 
 Features come from the 150-px model inputs (grayscale = channel 0). Hyper-parameters are chosen
 on the same patient-grouped CV folds as the CNN, and imputation and scaling are fitted inside each
-fold. The features are per image and stateless, so they are computed once and shared by every fit;
-the saved model (``make_image_classifier``) recomputes them from images.
+fold (the cross-validation itself is ``training.classical``). The features are per image and
+stateless, so they are computed once and shared by every fit; the saved model
+(``make_image_classifier``) recomputes them from images.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -21,12 +21,10 @@ from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import PredefinedSplit, StratifiedKFold, cross_validate
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
-
-from osteo_pipeline.evaluation.stats import METRIC_NAMES, classification_metrics
 
 Kind = Literal["svm", "random_forest"]
 
@@ -191,60 +189,3 @@ def full_probabilities(fitted: Pipeline, x: pd.DataFrame | np.ndarray, n_classes
     if classes != list(range(n_classes)):
         raise ValueError(f"a fit saw classes {classes}, not all of 0..{n_classes - 1}: each fold needs every class")
     return fitted.predict_proba(x)
-
-
-@dataclass
-class FoldFit:
-    """One grid point on one CV fold: validation metrics, fit time, the fitted pipeline."""
-
-    fold: int
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    metrics: dict[str, float]
-    seconds: float
-    fitted: Pipeline
-
-
-def cross_validate_setting(
-    features: pd.DataFrame,
-    labels: np.ndarray,
-    folds: np.ndarray,
-    kind: Kind,
-    params: Mapping[str, Any],
-    class_names: Sequence[str],
-    seed: int = 0,
-    n_jobs: int | None = None,
-) -> list[FoldFit]:
-    """Fit one grid point on each CV fold's training rows and score its validation rows.
-
-    ``labels`` are class indices into ``class_names``; ``folds`` (0..k-1, one per row) define the
-    splits (``PredefinedSplit``). Metrics are the project's (``evaluation.stats``), so the rows
-    line up with the CNNs'. The scaler and imputer of every fold see that fold's training rows
-    only (checked).
-    """
-    x = pd.DataFrame(features).reset_index(drop=True)
-    y, fold_ids = np.asarray(labels, dtype=int), np.asarray(folds, dtype=int)
-    if not len(x) == len(y) == len(fold_ids):
-        raise ValueError("features, labels and folds must have one entry per training scan")
-    if (fold_ids < 0).any():
-        raise ValueError("every row needs a CV fold (0..k-1); leave the fixed val partition out")
-    names = np.asarray(class_names, dtype=object)  # the last class is the positive one
-
-    def score(estimator: Pipeline, x_val: pd.DataFrame, y_val: np.ndarray) -> dict[str, float]:
-        proba = full_probabilities(estimator, x_val, len(names))
-        metrics = classification_metrics(names[y_val], proba, list(names))
-        return {m: float(metrics[m]) for m in METRIC_NAMES}
-
-    out = cross_validate(
-        make_classifier(kind, params, seed), x, y, cv=PredefinedSplit(fold_ids), scoring=score,
-        return_estimator=True, return_indices=True, n_jobs=n_jobs, error_score="raise",
-    )
-    fits = []
-    for i, (fold, fitted) in enumerate(zip(np.unique(fold_ids), out["estimator"], strict=True)):
-        train_idx, val_idx = out["indices"]["train"][i], out["indices"]["test"][i]
-        # scaling inside the fold: this fold's scaler was fitted on its training rows and no others
-        assert fitted.named_steps["scale"].n_samples_seen_ == len(train_idx)
-        assert (fold_ids[val_idx] == fold).all() and not (fold_ids[train_idx] == fold).any()
-        metrics = {m: float(out[f"test_{m}"][i]) for m in METRIC_NAMES}
-        fits.append(FoldFit(int(fold), train_idx, val_idx, metrics, float(out["fit_time"][i]), fitted))
-    return fits

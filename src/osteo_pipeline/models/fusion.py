@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from keras import layers
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -236,58 +235,3 @@ def build_fusion_network(
     scaled = ImputeStandardize(name=PREPROCESSING_NAME)(joined)
     head = build_fusion_head((int(joined.shape[-1]),), num_classes, hidden_units, dropout, l2)
     return keras.Model([image, covariates], head(scaled), name="fusion")
-
-
-def single_covariate_auc(values: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> float:
-    """ROC-AUC of one covariate as a score for the positive class (the last, osteoporosis) vs the
-    rest; rows with a missing value are left out; NaN if only one class remains."""
-    values = np.asarray(values, dtype=float)
-    known = ~np.isnan(values)
-    positive = np.asarray(labels)[known] == len(class_names) - 1
-    if positive.all() or not positive.any():
-        return float("nan")
-    return float(roc_auc_score(positive, values[known]))
-
-
-def covariate_aucs(
-    clinical: pd.DataFrame, labels: np.ndarray, folds: np.ndarray, class_names: Sequence[str]
-) -> dict[str, dict[str, float | None]]:
-    """Each covariate alone as a score: its AUC over all rows and its mean AUC over the CV folds'
-    validation rows (the rows the fusion model's val AUC is measured on), and its separability
-    max(AUC, 1 - AUC), which does not care about the direction."""
-    folds = np.asarray(folds)
-    out: dict[str, dict[str, float | None]] = {}
-    for name in clinical.columns:
-        values = clinical[name].to_numpy(dtype=float)
-        pooled = single_covariate_auc(values, labels, class_names)
-        per_fold = [single_covariate_auc(values[folds == k], labels[folds == k], class_names) for k in np.unique(folds[folds >= 0])]
-        val_mean = float(np.nanmean(per_fold)) if not np.isnan(per_fold).all() else float("nan")
-        out[name] = {
-            "auc": _finite(pooled),
-            "val_auc_mean": _finite(val_mean),
-            "separability": _finite(max(pooled, 1 - pooled)) if np.isfinite(pooled) else None,
-        }
-    return out
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def dominant_covariate_warnings(
-    aucs: dict[str, dict[str, float | None]], threshold: float, fusion_val_auc: float | None
-) -> list[str]:
-    """One warning per covariate whose separability alone reaches ``threshold``: the fusion model
-    may then be reading the recruitment criterion rather than the scan (in the first paper's
-    cohort the classes were recruited by fracture history)."""
-    warnings = []
-    for name, auc in aucs.items():
-        if auc["separability"] is not None and auc["separability"] >= threshold:
-            fusion = "undefined" if fusion_val_auc is None else f"{fusion_val_auc:.3f}"
-            alone = "n/a" if auc["val_auc_mean"] is None else f"{auc['val_auc_mean']:.3f}"
-            warnings.append(
-                f"{name} alone nearly determines the label in this cohort (AUC {auc['auc']:.3f}, separability "
-                f"{auc['separability']:.3f} >= {threshold:g}; mean validation-fold AUC {alone} vs the fusion "
-                f"model's {fusion}): the fusion result may reflect how the cohort was recruited, not the scans"
-            )
-    return warnings

@@ -35,7 +35,7 @@ from PIL import Image
 from osteo_pipeline.imaging.decode import ScanDecodeError
 from osteo_pipeline.imaging.preprocess import RoiChoice
 from osteo_pipeline.serving.preprocessing import ScanPreprocessing
-from osteo_pipeline.training.data import scale_images
+from osteo_pipeline.imaging.preprocess import scale_images
 
 KERAS_ARTIFACT = "keras_model"
 ENTRY = Path(__file__).with_name("entry.py")  # MLflow "models from code": the file that names the class

@@ -10,20 +10,22 @@ learning rate and no epochs (``best_epoch``/``epochs_run`` empty).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import ParameterGrid
+from sklearn.model_selection import ParameterGrid, PredefinedSplit, cross_validate
 from sklearn.pipeline import Pipeline
 
+from osteo_pipeline.core.metrics import classification_metrics, finite_or_none
 from osteo_pipeline.models.classical import (
     SKOPS_TRUSTED_TYPES,
     Kind,
-    cross_validate_setting,
+    full_probabilities,
+    make_classifier,
     make_image_classifier,
     setting_label,
 )
@@ -38,6 +40,63 @@ FOLD_TABLE_COLUMNS = (
     "model", "setting", "fold", "n_train", "n_val", *METRIC_NAMES,
     "best_epoch", "epochs_run", "still_improving", "train_seconds", "mlflow_run_id",
 )
+
+
+@dataclass
+class FoldFit:
+    """One grid point on one CV fold: validation metrics, fit time, the fitted pipeline."""
+
+    fold: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    metrics: dict[str, float]
+    seconds: float
+    fitted: Pipeline
+
+
+def cross_validate_setting(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    kind: Kind,
+    params: Mapping[str, Any],
+    class_names: Sequence[str],
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> list[FoldFit]:
+    """Fit one grid point on each CV fold's training rows and score its validation rows.
+
+    ``labels`` are class indices into ``class_names``; ``folds`` (0..k-1, one per row) define the
+    splits (``PredefinedSplit``). Metrics are the project's (``core.metrics``), so the rows
+    line up with the CNNs'. The scaler and imputer of every fold see that fold's training rows
+    only (checked).
+    """
+    x = pd.DataFrame(features).reset_index(drop=True)
+    y, fold_ids = np.asarray(labels, dtype=int), np.asarray(folds, dtype=int)
+    if not len(x) == len(y) == len(fold_ids):
+        raise ValueError("features, labels and folds must have one entry per training scan")
+    if (fold_ids < 0).any():
+        raise ValueError("every row needs a CV fold (0..k-1); leave the fixed val partition out")
+    names = np.asarray(class_names, dtype=object)  # the last class is the positive one
+
+    def score(estimator: Pipeline, x_val: pd.DataFrame, y_val: np.ndarray) -> dict[str, float]:
+        proba = full_probabilities(estimator, x_val, len(names))
+        metrics = classification_metrics(names[y_val], proba, list(names))
+        return {m: float(metrics[m]) for m in METRIC_NAMES}
+
+    out = cross_validate(
+        make_classifier(kind, params, seed), x, y, cv=PredefinedSplit(fold_ids), scoring=score,
+        return_estimator=True, return_indices=True, n_jobs=n_jobs, error_score="raise",
+    )
+    fits = []
+    for i, (fold, fitted) in enumerate(zip(np.unique(fold_ids), out["estimator"], strict=True)):
+        train_idx, val_idx = out["indices"]["train"][i], out["indices"]["test"][i]
+        # scaling inside the fold: this fold's scaler was fitted on its training rows and no others
+        assert fitted.named_steps["scale"].n_samples_seen_ == len(train_idx)
+        assert (fold_ids[val_idx] == fold).all() and not (fold_ids[train_idx] == fold).any()
+        metrics = {m: float(out[f"test_{m}"][i]) for m in METRIC_NAMES}
+        fits.append(FoldFit(int(fold), train_idx, val_idx, metrics, float(out["fit_time"][i]), fitted))
+    return fits
 
 
 def _tags(config: TrainingConfig, stage: str, data_fingerprint: dict[str, Any] | None) -> dict[str, str]:
@@ -110,15 +169,11 @@ def summarise_grid(fold_metrics: pd.DataFrame, grid: Mapping[str, Sequence[Any]]
         "best_setting": best,
         "best_params": params[best],
         "by_setting": {
-            s: {**{f"val_{m}_mean": _num(means.loc[s, m]) for m in metric_cols},
-                **{f"val_{m}_sd": _num(sds.loc[s, m]) for m in metric_cols}}
+            s: {**{f"val_{m}_mean": finite_or_none(means.loc[s, m]) for m in metric_cols},
+                **{f"val_{m}_sd": finite_or_none(sds.loc[s, m]) for m in metric_cols}}
             for s in means.index
         },
     }
-
-
-def _num(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
 
 
 def fit_final_classical(

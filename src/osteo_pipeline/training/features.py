@@ -2,7 +2,7 @@
 
 ``FeatureStreams`` feeds the training loop from arrays computed once (activations of a frozen
 backbone, image features joined with clinical covariates) instead of from images; it has the
-interface of ``training.data.InputStreams``, so ``loop.fit_model`` trains on it unchanged.
+interface of ``training.streams.InputStreams``, so ``loop.fit_model`` trains on it unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pandas as pd
 import tensorflow as tf
 
 from osteo_pipeline.imaging.augment import build_augmenter
-from osteo_pipeline.training.data import TrainingSet, assert_no_test_scans, scale_images
+from osteo_pipeline.imaging.preprocess import scale_images
+from osteo_pipeline.training.data import TrainingSet, assert_no_test_scans
 
 logger = logging.getLogger(__name__)
 

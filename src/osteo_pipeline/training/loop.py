@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -25,9 +24,11 @@ import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
+from osteo_pipeline.core.metrics import finite_or_none
 from osteo_pipeline.training import runtime, tracking
-from osteo_pipeline.training.data import VAL_PARTITION_FOLD, InputStreams, TrainingSet
-from osteo_pipeline.training.metrics import classification_metrics, prefixed
+from osteo_pipeline.training.data import VAL_PARTITION_FOLD, TrainingSet
+from osteo_pipeline.training.streams import InputStreams
+from osteo_pipeline.training.metrics import METRIC_NAMES, classification_metrics, prefixed
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ class TrainingConfig:
             raise ValueError(f"unknown training parameters: {sorted(unknown)}")
         values["learning_rates"] = tuple(float(lr) for lr in values.get("learning_rates", cls.learning_rates))
         return cls(**values)
+
+    @classmethod
+    def for_model(cls, training: dict[str, Any], model: dict[str, Any], seed: int) -> TrainingConfig:
+        """The shared protocol block (``training``) run under a model's own name and registry entry."""
+        return cls.from_params(training, seed=seed, model_name=model["name"],
+                               registered_model_name=model["registered_model_name"])
 
     def as_params(self) -> dict[str, Any]:
         """Flat MLflow params (the learning-rate grid is logged by the parent run)."""
@@ -360,7 +367,7 @@ def summarise_cv(fold_metrics: pd.DataFrame) -> dict[str, Any]:
 
     Folds whose AUC is undefined (single-class validation fold) are skipped in the means.
     """
-    metric_cols = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc", "loss") if c in fold_metrics]
+    metric_cols = [c for c in METRIC_NAMES if c in fold_metrics]
     grouped = fold_metrics.groupby("learning_rate")[metric_cols]
     means, sds = grouped.mean(), grouped.std(ddof=1)
     if means["auc"].isna().all():
@@ -374,15 +381,27 @@ def summarise_cv(fold_metrics: pd.DataFrame) -> dict[str, Any]:
         "folds_still_improving": {f"{lr:g}": sorted(int(f) for f in fold_metrics.loc[improving & (fold_metrics["learning_rate"] == lr), "fold"])
                                   for lr in means.index},
         "by_learning_rate": {
-            f"{lr:g}": {**{f"val_{m}_mean": _num(means.loc[lr, m]) for m in metric_cols},
-                        **{f"val_{m}_sd": _num(sds.loc[lr, m]) for m in metric_cols}}
+            f"{lr:g}": {**{f"val_{m}_mean": finite_or_none(means.loc[lr, m]) for m in metric_cols},
+                        **{f"val_{m}_sd": finite_or_none(sds.loc[lr, m]) for m in metric_cols}}
             for lr in means.index
         },
     }
 
 
-def _num(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
+def chosen_means(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The CV means of the chosen grid point: a learning rate (Keras models) or a setting (scikit-learn)."""
+    if "best_setting" in summary:
+        return summary["by_setting"][summary["best_setting"]]
+    return summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
+
+
+def cv_outputs(
+    summary: dict[str, Any], training_set: TrainingSet, data_fingerprint: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The tail of every model family's CV node: the summary with the data it was measured on,
+    and the chosen point's CV means as parent-run metrics (``cv_<metric>``)."""
+    summary = {**summary, "data": training_set.counts, "data_fingerprint": data_fingerprint}
+    return summary, tracking.parent_run_metrics(chosen_means(summary))
 
 
 def final_split(training_set: TrainingSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

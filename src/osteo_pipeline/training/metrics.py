@@ -3,7 +3,7 @@
 A metric is logged as ``<split>_<name>``: ``val_auc``, ``val_loss``, ``test_auc``,
 ``test_accuracy``... so ``mlflow ui`` lines up CNN21, the transfer-learning and the classical
 baselines column by column. The computation itself lives once, in
-``osteo_pipeline.evaluation.stats.classification_metrics`` (sklearn), shared with evaluation.
+``osteo_pipeline.core.metrics.classification_metrics`` (sklearn), shared with evaluation.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from osteo_pipeline.evaluation.stats import METRIC_NAMES
-from osteo_pipeline.evaluation.stats import classification_metrics as _evaluate_metrics
+from osteo_pipeline.core.metrics import METRIC_NAMES
+from osteo_pipeline.core.metrics import classification_metrics as _evaluate_metrics
 
 SPLITS = ("train", "val", "test")
 

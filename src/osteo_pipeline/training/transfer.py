@@ -24,7 +24,8 @@ import numpy as np
 
 from osteo_pipeline.models.backbones import HEAD_LAYERS, block_boundaries, submodel
 from osteo_pipeline.training import runtime, tracking
-from osteo_pipeline.training.data import TrainingSet, scale_images
+from osteo_pipeline.imaging.preprocess import scale_images
+from osteo_pipeline.training.data import TrainingSet
 from osteo_pipeline.training.features import FeatureStreams, compact, predict_images
 from osteo_pipeline.training.loop import FitResult, ModelBuilder, ModelPool, TrainingConfig, fit_model
 

@@ -10,9 +10,10 @@ import pytest
 from scipy import stats as sps
 
 from evaluate_kit import SIZE, fake_cohort, tiny_image_model
-from osteo_pipeline.evaluation import classification_metrics, delong_test, holm, mcnemar_exact
+from osteo_pipeline.core.metrics import classification_metrics
+from osteo_pipeline.evaluation.stats import delong_test, holm, mcnemar_exact
 from osteo_pipeline.evaluation.models import ModelCollection, TrainedModel
-from osteo_pipeline.leakage import LeakageError
+from osteo_pipeline.core.leakage import LeakageError
 from osteo_pipeline.pipelines.evaluate import nodes
 
 CLASSES = ["normal", "osteoporosis"]

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo_pipeline.leakage import LeakageError, assert_not_in_partition, assert_patients_disjoint
+from osteo_pipeline.core.leakage import LeakageError, assert_not_in_partition, assert_patients_disjoint
 from osteo_pipeline.pipelines.split_augment.nodes import (
     SplitError,
     augmentation_policy,

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.models.fusion import EXTRACTOR_NAME, LabelLeakError, clinical_table
-from osteo_pipeline.training import select_training_set
+from osteo_pipeline.training.data import select_training_set
 from osteo_pipeline.training.features import embedding_model, embedding_table
 from osteo_testkit import project_catalog, run_kedro
 

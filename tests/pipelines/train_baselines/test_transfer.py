@@ -52,7 +52,7 @@ def test_one_template_in_four_namespaces_sharing_the_upstream_inputs():
 
 
 def _tiny_training_set(size: int = 32):
-    from osteo_pipeline.training import select_training_set
+    from osteo_pipeline.training.data import select_training_set
 
     labels = ["normal", "osteoporosis"] * 6
     table = pd.DataFrame({"scan_id": [f"s{i}" for i in range(12)], "patient_id": [f"p{i}" for i in range(12)],

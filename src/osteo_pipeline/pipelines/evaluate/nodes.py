@@ -1,26 +1,27 @@
 """Nodes of evaluate: the held-out test scans, every trained model's predictions, metrics with
-patient-bootstrap CIs, CNN21 against each baseline, figures, the report and its MLflow record."""
+patient-bootstrap CIs, CNN21 against each baseline, figures, the report and its MLflow record.
+
+scipy, matplotlib and TensorFlow are imported by the nodes that use them, so loading the
+pipeline (``kedro registry list``, ``kedro viz``) stays fast."""
 
 from __future__ import annotations
 
 import base64
 import io
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 
-from osteo_pipeline.evaluation import figures, stats
-from osteo_pipeline.evaluation.gradcam import grad_cam, gradcam_layer, overlay
+from osteo_pipeline.core.labels import LabelScheme
+from osteo_pipeline.core.metrics import classification_metrics, finite_or_none
 from osteo_pipeline.evaluation.models import (
     ModelCollection,
     TestSet,
     TrainedModel,
     assert_not_trained_on,
-    finite_or_none,
     predict_proba,
     predictions_table,
     proba_columns,
@@ -29,7 +30,9 @@ from osteo_pipeline.evaluation.models import (
 from osteo_pipeline.evaluation.report_builder import CI_METRICS, FIGURES, compose_report
 from osteo_pipeline.imaging.view import VIEWS
 from osteo_pipeline.pipelines.ingest.privacy import normalise_header, spelling_map
-from osteo_pipeline.training.data import CLASS_SCHEMES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def check_models(
     ``trained_after`` only orders this node after training in a combined run (``create_pipeline``).
     """
     reference = params["reference_model"]
-    classes = list(CLASS_SCHEMES[label_scheme])
+    classes = list(LabelScheme.of(label_scheme).classes)
     usable: dict[str, TrainedModel] = {}
     status: dict[str, Any] = {
         "expected": list(trained_models.expected), "evaluated": [], "missing": dict(trained_models.missing),
@@ -119,6 +122,8 @@ def predict_test_set(models: dict[str, TrainedModel], test_set: TestSet, params:
 
 def _model_rows(predictions: pd.DataFrame, model: str, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label indices, probabilities, patient ids) of one model's rows, in scan order."""
+    from osteo_pipeline.evaluation import stats
+
     rows = predictions[predictions["model"] == model].sort_values("scan_id")
     return (stats.label_indices(rows["label"], class_names), rows[proba_columns(class_names)].to_numpy(float),
             rows["patient_id"].astype(str).to_numpy())
@@ -127,8 +132,10 @@ def _model_rows(predictions: pd.DataFrame, model: str, class_names: list[str]) -
 def _metrics_with_ci(y: np.ndarray, proba: np.ndarray, patients: np.ndarray, classes: list[str],
                      boot: dict[str, Any], seed: int) -> dict[str, Any]:
     """One model's metrics on some test scans, with patient-bootstrap CIs (the test set or a subgroup)."""
+    from osteo_pipeline.evaluation import stats
+
     fns = {k: v for k, v in stats.metric_functions(len(classes)).items() if k in CI_METRICS}
-    full = stats.classification_metrics(np.asarray(classes, dtype=object)[y], proba, classes)
+    full = classification_metrics(np.asarray(classes, dtype=object)[y], proba, classes)
     cis = stats.bootstrap_cis(y, proba, patients, fns, n_boot=int(boot["n_boot"]), alpha=float(boot["alpha"]), seed=seed)
     onehot = np.eye(len(classes))[y]
     return {
@@ -149,7 +156,7 @@ def _metrics_with_ci(y: np.ndarray, proba: np.ndarray, patients: np.ndarray, cla
 def compute_test_metrics(predictions: pd.DataFrame, label_scheme: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Per model: accuracy, precision, recall, specificity, F1, ROC-AUC (+ per class, confusion
     matrix, log loss, Brier score) on the test set, with patient-bootstrap percentile CIs."""
-    classes = list(CLASS_SCHEMES[label_scheme])
+    classes = list(LabelScheme.of(label_scheme).classes)
     return {model: _metrics_with_ci(*_model_rows(predictions, model, classes), classes, params["bootstrap"], seed)
             for model in dict.fromkeys(predictions["model"])}
 
@@ -211,7 +218,7 @@ def compute_subgroup_metrics(
     """Every model's test metrics with patient-bootstrap CIs per subgroup (view, sex, age band,
     scanner family: those the manifest carries), with the n of each. A group with fewer than
     ``subgroups.min_scans`` scans or without every class gets its counts and the reason instead."""
-    classes = list(CLASS_SCHEMES[label_scheme])
+    classes = list(LabelScheme.of(label_scheme).classes)
     settings = params["subgroups"]
     assigned = subgroup_assignments(test_set.manifest, settings)
     out: dict[str, Any] = {"attributes": {}, "min_scans": int(settings["min_scans"]),
@@ -260,7 +267,9 @@ def compare_models(
     Test set: exact McNemar on the paired right/wrong calls; DeLong for the AUC difference
     (binary), else a paired patient-bootstrap test of the macro-AUC difference.
     """
-    classes = list(CLASS_SCHEMES[label_scheme])
+    from osteo_pipeline.evaluation import stats
+
+    classes = list(LabelScheme.of(label_scheme).classes)
     reference = params["reference_model"]
     baselines = [m for m in models if m != reference]
     out: dict[str, Any] = {"reference": reference, "baselines": baselines, "cv": {}, "test": {}, "cv_summary": {}}
@@ -319,6 +328,8 @@ def compare_models(
 
 def _holm(tests: dict[str, dict[str, Any]]) -> None:
     """Add Holm-adjusted p-values across the baselines of one test family (in place)."""
+    from osteo_pipeline.evaluation import stats
+
     raw = {k: (v["p_value"] if v.get("p_value") is not None else float("nan")) for k, v in tests.items()}
     for name, p in stats.holm(raw).items():
         tests[name]["p_holm"] = finite_or_none(p)
@@ -344,6 +355,8 @@ def explain_predictions(
 ) -> list[dict[str, Any]]:
     """Grad-CAM panels for the reference model and the best Keras image baseline on the same test
     scans: per class, the reference model's most confident right and most confident wrong calls."""
+    from osteo_pipeline.evaluation.gradcam import grad_cam, gradcam_layer, overlay
+
     reference, settings = params["reference_model"], params["gradcam"]
     chosen = [reference, _best_baseline(test_metrics, models, reference, IMAGE_FAMILIES)]
     ref = predictions[predictions["model"] == reference].set_index("scan_id")
@@ -387,7 +400,9 @@ def plot_figures(
 ) -> tuple[Figure, Figure, Figure, Figure, Figure, dict[str, str]]:
     """The five figures (each its own versioned catalog entry, previewed by kedro-viz) and the
     same as base64 PNGs for the self-contained HTML report."""
-    classes = list(CLASS_SCHEMES[label_scheme])
+    from osteo_pipeline.evaluation import figures
+
+    classes = list(LabelScheme.of(label_scheme).classes)
     made = {
         "roc_curves": figures.roc_figure(predictions, classes, {m: v["auc"] or float("nan") for m, v in test_metrics.items()}),
         "confusion_matrices": figures.confusion_figure({m: v["confusion_matrix"] for m, v in test_metrics.items()}, classes),

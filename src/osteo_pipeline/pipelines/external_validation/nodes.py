@@ -14,18 +14,21 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from osteo_pipeline.evaluation import figures
-from osteo_pipeline.evaluation.models import CLASS_SCHEMES, TestSet, finite_or_none, predictions_table
+from osteo_pipeline.core.labels import LABEL_SCHEMES
+from osteo_pipeline.core.metrics import finite_or_none
+from osteo_pipeline.evaluation.models import TestSet, predictions_table
 from osteo_pipeline.evaluation.report import Report
 from osteo_pipeline.evaluation.report_builder import CI_METRICS
 from osteo_pipeline.pipelines.evaluate.nodes import compute_test_metrics
 from osteo_pipeline.pipelines.roi_resize.nodes import crop_and_resize
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +180,11 @@ def load_registered_models(params: dict[str, Any]) -> tuple[dict[str, Registered
 
 
 def _scheme_of(class_names: list[str]) -> str:
-    for scheme, classes in CLASS_SCHEMES.items():
-        if list(classes) == list(class_names):
-            return scheme
-    raise ExternalValidationError(f"a model's classes {class_names} match no label scheme ({dict(CLASS_SCHEMES)})")
+    for scheme in LABEL_SCHEMES.values():
+        if list(scheme.classes) == list(class_names):
+            return scheme.name
+    known = {s.name: list(s.classes) for s in LABEL_SCHEMES.values()}
+    raise ExternalValidationError(f"a model's classes {class_names} match no label scheme ({known})")
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -298,6 +302,8 @@ def plot_external_figures(
 ) -> tuple[Figure, Figure, Figure, dict[str, str]]:
     """ROC curves, confusion matrices and reliability diagram (evaluate's figure functions), and
     the same as base64 PNGs for the self-contained report."""
+    from osteo_pipeline.evaluation import figures
+
     classes = next(iter(model_info.values()))["class_names"]
     n = int(predictions.groupby("model").size().max())
     roc = figures.roc_figure(predictions, classes, {m: v["auc"] or float("nan") for m, v in metrics.items()})
@@ -392,7 +398,6 @@ def build_external_report(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """external_report.html (self-contained), the summary JSON and the MLflow record (metrics and
     tags of this run; no patient id, no path)."""
-    classes = cohort["class_names"]
     doc = Report("External validation")
     doc.note("Registered models evaluated as registered on a separate labelled folder: nothing was trained, tuned or "
              "recalibrated on these scans. Scans are named by content hash and patients by pseudonym; the folder's "

@@ -1,4 +1,4 @@
-"""Nodes of the ``roi_resize`` pipeline."""
+"""Nodes of the ``roi_resize`` pipeline (matplotlib is imported by the figure nodes only)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,18 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # nodes run headless (CI, Airflow workers)
 import cv2
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.patches import Rectangle
 
 from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
 from osteo_pipeline.imaging.preprocess import box_iou, choose_roi, crop_resize
 from osteo_pipeline.imaging.roi import detect_spine_roi
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +208,15 @@ def crop_and_resize(
 
 def roi_contact_sheet(
     model_input: dict[str, np.ndarray], scan_manifest: pd.DataFrame, per_class: int
-) -> plt.Figure:
+) -> Figure:
     """A grid of ROI crops, one row per class, for a quick look at what the models see."""
     labels = scan_manifest.set_index("scan_id")["label"]
     ids = model_input["scan_id"]
     classes = sorted(labels.loc[ids].unique())
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.6 * per_class, 1.9 * len(classes)), squeeze=False)
+    from matplotlib.figure import Figure  # headless: no pyplot, no backend
+
+    fig = Figure(figsize=(1.6 * per_class, 1.9 * len(classes)))
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
     for r, cls in enumerate(classes):
         idx = np.flatnonzero(labels.loc[ids].to_numpy() == cls)[:per_class]
         for c, ax in enumerate(axes[r]):
@@ -235,7 +236,7 @@ def roi_review(
     file_index: pd.DataFrame,
     params: dict[str, Any],
     max_pixels: int,
-) -> tuple[pd.DataFrame, plt.Figure]:
+) -> tuple[pd.DataFrame, Figure]:
     """The automatic ROIs a person should check, and a contact sheet of the weakest ones.
 
     Listed: every whole-image fallback, and every automatic box whose confidence is under
@@ -263,12 +264,16 @@ def roi_review(
 def _review_sheet(
     shown: pd.DataFrame, raw_scans: dict[str, Callable[[], bytes]], file_index: pd.DataFrame,
     params: dict[str, Any], max_pixels: int,
-) -> plt.Figure:
+) -> Figure:
     """The rows' boxes outlined on their downscaled scans (re-decoded: only these few)."""
     paths = file_index.drop_duplicates("file_ref").set_index("file_ref")["source"]
     cols = max(1, min(len(shown), int(params.get("sheet_columns", 8))))
     nrows = max(1, math.ceil(len(shown) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(1.7 * cols, 3.0 * nrows), squeeze=False)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=(1.7 * cols, 3.0 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     if shown.empty:

@@ -1,28 +1,25 @@
-"""Nodes of the ``split_augment`` pipeline."""
+"""Nodes of the ``split_augment`` pipeline (scikit-learn, matplotlib and TensorFlow are imported by
+the nodes that use them, so loading the pipeline stays fast)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from sklearn.utils.class_weight import compute_class_weight
 
+from osteo_pipeline.core.labels import CANONICAL, LABEL_SCHEMES
+from osteo_pipeline.core.leakage import assert_patients_disjoint
 from osteo_pipeline.imaging.view import VIEWS
-from osteo_pipeline.leakage import assert_patients_disjoint
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-# Label schemes: which canonical labels each trains on (binary drops osteopenia).
-SCHEMES = {"binary": ["normal", "osteoporosis"], "three_class": ["normal", "osteopenia", "osteoporosis"]}
-SEVERITY = {"normal": 0, "osteopenia": 1, "osteoporosis": 2}
+SEVERITY = {label: rank for rank, label in enumerate(CANONICAL)}  # a patient's worst scan labels them
 
 
 class SplitError(ValueError):
@@ -106,6 +103,8 @@ def split_patients(scan_manifest: pd.DataFrame, params: dict[str, Any], seed: in
     ``split.views`` are split (see ``views_studied``); with several, the strata are label x
     view (a patient's views, e.g. ``AP+lateral``) where every stratum is large enough.
     """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
     n_folds = int(params["n_folds"])
     test_size, val_size = float(params["test_size"]), float(params.get("val_size") or 0.0)
     scan_manifest, views = _select_views(scan_manifest, params["views"])
@@ -154,15 +153,17 @@ def split_patients(scan_manifest: pd.DataFrame, params: dict[str, Any], seed: in
 
 def class_weights(split_table: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Balanced class weights from the training labels, per label scheme (minority weighted up)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
     train = split_table.loc[split_table["partition"] == "train", "label"]
     weights = {}
-    for scheme, labels in SCHEMES.items():
-        y = train[train.isin(labels)]
-        present = [c for c in labels if (y == c).any()]
+    for scheme in LABEL_SCHEMES.values():
+        y = train[train.isin(scheme.classes)]
+        present = [c for c in scheme.classes if (y == c).any()]
         if not present:
             continue
         w = compute_class_weight("balanced", classes=np.array(present), y=y.to_numpy())
-        weights[scheme] = {c: float(v) for c, v in zip(present, w)}
+        weights[scheme.name] = {c: float(v) for c, v in zip(present, w)}
     return weights
 
 
@@ -187,15 +188,18 @@ def augmentation_policy(params: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def augmentation_preview(
     model_input: dict[str, np.ndarray], split_table: pd.DataFrame, policy: dict[str, Any], n_scans: int, n_views: int
-) -> plt.Figure:
+) -> Figure:
     """Original training crops next to augmented views of them (training scans only, by construction)."""
-    from osteo_pipeline.imaging.augment import augment_preview  # TensorFlow loads only when needed
+    from matplotlib.figure import Figure
+
+    from osteo_pipeline.imaging.augment import augment_preview
 
     train_ids = set(split_table.loc[split_table["partition"] == "train", "scan_id"])
     idx = [i for i, s in enumerate(model_input["scan_id"]) if s in train_ids][:n_scans]
     images = model_input["images"][idx]
     views = augment_preview(images, policy, n_views)  # (n_scans, n_views, H, W, 3)
-    fig, axes = plt.subplots(len(idx), n_views + 1, figsize=(1.6 * (n_views + 1), 1.6 * len(idx)), squeeze=False)
+    fig = Figure(figsize=(1.6 * (n_views + 1), 1.6 * len(idx)))
+    axes = fig.subplots(len(idx), n_views + 1, squeeze=False)
     for r in range(len(idx)):
         for c, img in enumerate([images[r], *views[r]]):
             axes[r][c].imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255)

@@ -1,31 +1,31 @@
-"""Nodes of train_cnn21: pick the scheme's training scans, cross-validate CNN21, fit the final model."""
+"""Nodes of train_cnn21: cross-validate CNN21 over the learning-rate grid, fit the final model.
+
+TensorFlow is imported inside the nodes, so loading the pipeline (``kedro registry list``,
+``kedro viz``) does not pay for it.
+"""
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
 import pandas as pd
 
-from osteo_pipeline.models.cnn21 import build_cnn21
-from osteo_pipeline.serving import preprocessing_settings
-from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
-from osteo_pipeline.training.tracking import parent_run_metrics
-from osteo_pipeline.training.features import embedding_table
+if TYPE_CHECKING:
+    import keras
+
+    from osteo_pipeline.training.data import TrainingSet
+    from osteo_pipeline.training.loop import TrainingConfig
 
 MODEL_NAME = "cnn21"
 
 
 def _builder_and_config(params: dict[str, Any], seed: int) -> tuple[partial, TrainingConfig]:
+    from osteo_pipeline.models.cnn21 import build_cnn21
+    from osteo_pipeline.training.loop import TrainingConfig
+
     config = TrainingConfig.from_params(params["training"], seed=seed, model_name=MODEL_NAME)
     return partial(build_cnn21, **params["model"]), config
-
-
-def select_training_scans(model_input: dict[str, np.ndarray], split_table: pd.DataFrame, label_scheme: str) -> TrainingSet:
-    """Training-partition scans of ``label_scheme`` (test partition set aside, checked)."""
-    return select_training_set(model_input, split_table, label_scheme)
 
 
 def cross_validate_cnn21(
@@ -39,6 +39,9 @@ def cross_validate_cnn21(
     """Per-fold metrics for each learning rate, the CV summary with the chosen rate, the
     chosen rate's CV means as parent-run metrics, and each fold model's image features
     (penultimate layer) of every training-partition scan."""
+    from osteo_pipeline.training.features import embedding_table
+    from osteo_pipeline.training.loop import cross_validate, cv_outputs, summarise_cv
+
     builder, config = _builder_and_config(params, seed)
     features: list[pd.DataFrame] = []
 
@@ -52,9 +55,7 @@ def cross_validate_cnn21(
         builder, training_set, config=config, augmentation_policy=augmentation_policy,
         class_weights=class_weights, data_fingerprint=data_fingerprint, on_fold_trained=take_features,
     )
-    summary = {**summarise_cv(fold_metrics), "data": training_set.counts, "data_fingerprint": data_fingerprint}
-    chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
-    parent_metrics = parent_run_metrics(chosen)
+    summary, parent_metrics = cv_outputs(summarise_cv(fold_metrics), training_set, data_fingerprint)
     return fold_metrics, summary, parent_metrics, pd.concat(features, ignore_index=True)
 
 
@@ -71,6 +72,9 @@ def fit_final_cnn21(
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit CNN21 at the chosen learning rate on the whole training partition; model and report.
     The registered model takes raw scans, preprocessed with ``roi_resize``'s settings and ingest's limits."""
+    from osteo_pipeline.serving.preprocessing import preprocessing_settings
+    from osteo_pipeline.training.loop import final_fit
+
     builder, config = _builder_and_config(params, seed)
     return final_fit(
         builder, training_set, learning_rate=cv_summary["best_learning_rate"], config=config,

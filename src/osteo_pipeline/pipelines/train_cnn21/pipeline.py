@@ -2,7 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from osteo_pipeline.pipelines.train_cnn21.nodes import cross_validate_cnn21, fit_final_cnn21, select_training_scans
+from osteo_pipeline.pipelines.train_cnn21.nodes import cross_validate_cnn21, fit_final_cnn21
+from osteo_pipeline.training.data import select_training_set
 
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
 # How raw scans became model input: the registered model repeats it on raw scans (serving).
@@ -13,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                select_training_scans,
+                select_training_set,
                 inputs=["model_input_150", "split_table", "params:label_scheme"],
                 outputs="cnn21_training_set",
                 name="select_cnn21_training_scans",

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
-from osteo_pipeline.models.classical import handcrafted_features
-from osteo_pipeline.training import TrainingConfig, TrainingSet
-from osteo_pipeline.training.tracking import parent_run_metrics
-from osteo_pipeline.training.classical import cross_validate_grid, fit_final_classical, summarise_grid
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
-
-def _config(model: dict[str, Any], baselines: dict[str, Any], seed: int) -> TrainingConfig:
-    # The shared protocol block gives seed and tracking; the model block its name and registry entry.
-    return TrainingConfig.from_params(
-        baselines["training"], seed=seed, model_name=model["name"], registered_model_name=model["registered_model_name"]
-    )
+    from osteo_pipeline.training.data import TrainingSet
 
 
 def extract_features(training_set: TrainingSet) -> pd.DataFrame:
     """Intensity, histogram, GLCM and LBP features of every training scan (row-aligned, stateless)."""
+    from osteo_pipeline.models.classical import handcrafted_features
+
     return handcrafted_features(training_set.images)
 
 
@@ -35,7 +29,10 @@ def cross_validate_classical(
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """Per-fold metrics of every grid point, the CV summary with the chosen point, and the chosen
     point's CV means as parent-run metrics."""
-    config = _config(model, baselines, seed)
+    from osteo_pipeline.training.classical import cross_validate_grid, summarise_grid
+    from osteo_pipeline.training.loop import TrainingConfig, cv_outputs
+
+    config = TrainingConfig.for_model(baselines["training"], model, seed)
     fold_metrics = cross_validate_grid(
         features, training_set, kind=model["kind"], grid=model["grid"], config=config,
         data_fingerprint=data_fingerprint, n_jobs=model.get("n_jobs"),
@@ -44,12 +41,8 @@ def cross_validate_classical(
         **summarise_grid(fold_metrics, model["grid"]),
         "kind": model["kind"],
         "features": {"n": int(features.shape[1]), "names": list(features.columns)},
-        "data": training_set.counts,
-        "data_fingerprint": data_fingerprint,
     }
-    chosen = summary["by_setting"][summary["best_setting"]]
-    parent_metrics = parent_run_metrics(chosen)
-    return fold_metrics, summary, parent_metrics
+    return fold_metrics, *cv_outputs(summary, training_set, data_fingerprint)
 
 
 def fit_final_classical_model(
@@ -61,7 +54,10 @@ def fit_final_classical_model(
     seed: int,
 ) -> tuple[Pipeline, dict[str, Any], dict[str, Any]]:
     """The chosen grid point fitted on the whole training partition; its report; what evaluate needs."""
-    config = _config(model, baselines, seed)
+    from osteo_pipeline.training.classical import fit_final_classical
+    from osteo_pipeline.training.loop import TrainingConfig
+
+    config = TrainingConfig.for_model(baselines["training"], model, seed)
     fitted, report = fit_final_classical(
         training_set, kind=model["kind"], params=cv_summary["best_params"], config=config,
         cv_means=cv_summary["by_setting"][cv_summary["best_setting"]], data_fingerprint=data_fingerprint,

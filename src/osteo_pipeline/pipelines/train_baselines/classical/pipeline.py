@@ -7,7 +7,7 @@ from osteo_pipeline.pipelines.train_baselines.classical.nodes import (
     extract_features,
     fit_final_classical_model,
 )
-from osteo_pipeline.pipelines.train_cnn21.nodes import select_training_scans
+from osteo_pipeline.training.data import select_training_set
 
 _SETTINGS = ["params:model", "params:train_baselines", "params:seed"]
 
@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                select_training_scans,
+                select_training_set,
                 inputs=["model_input_150", "split_table", "params:label_scheme"],
                 outputs="training_set",
                 name="select_training_scans",

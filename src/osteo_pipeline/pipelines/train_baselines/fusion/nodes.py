@@ -4,39 +4,20 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import pandas as pd
 
-from osteo_pipeline.models.fusion import (
-    build_fusion_head,
-    build_fusion_network,
-    check_covariates,
-    clinical_table,
-    covariate_aucs,
-    dominant_covariate_warnings,
-    image_features,
-    joined_table,
-    resolve_covariates,
-)
-from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, summarise_cv
-from osteo_pipeline.training.tracking import parent_run_metrics
-from osteo_pipeline.training.data import VAL_PARTITION_FOLD, assert_no_test_scans
-from osteo_pipeline.training.features import embedding_table
-from osteo_pipeline.training.fusion import FINAL, FusionStreams, export_gap, fit_fusion
+if TYPE_CHECKING:
+    import keras
+
+    from osteo_pipeline.training.data import TrainingSet
 
 logger = logging.getLogger(__name__)
 
 SEX_ENCODING = "1 = male, 0 = female, NaN = unknown"
 EXPORT_TOLERANCE = 1e-4  # saved network vs the head on the training table: float32 rounding only
-
-
-def _config(model: dict[str, Any], baselines: dict[str, Any], seed: int) -> TrainingConfig:
-    return TrainingConfig.from_params(
-        baselines["training"], seed=seed, model_name=model["name"], registered_model_name=model["registered_model_name"]
-    )
 
 
 def prepare_covariates(
@@ -47,6 +28,8 @@ def prepare_covariates(
     Refuses label-defining covariates (``LabelLeakError``) before reading any data; drops (with a
     warning) or refuses covariates the manifest lacks, per ``missing_covariate``.
     """
+    from osteo_pipeline.models.fusion import check_covariates, clinical_table, resolve_covariates
+
     requested = check_covariates(model["covariates"])
     used, dropped = resolve_covariates(scan_manifest, requested, model.get("missing_covariate", "drop"))
     for name, reason in dropped.items():
@@ -67,6 +50,8 @@ def prepare_covariates(
 
 
 def _head_builder(model: dict[str, Any]) -> partial:
+    from osteo_pipeline.models.fusion import build_fusion_head
+
     return partial(build_fusion_head, **model["head"])
 
 
@@ -100,7 +85,12 @@ def cross_validate_fusion(
     without it (at CNN21's chosen rate) and its own imputation; summary with the imputation per
     fold and each covariate's own AUC beside the fusion model's (warning when one nearly
     determines the label); the chosen rate's CV means (and fracture history's AUC) as parent-run metrics."""
-    config = _config(model, baselines, seed)
+    from osteo_pipeline.models.fusion import image_features, joined_table
+    from osteo_pipeline.training.data import VAL_PARTITION_FOLD
+    from osteo_pipeline.training.fusion import FusionStreams, covariate_aucs, dominant_covariate_warnings, fit_fusion
+    from osteo_pipeline.training.loop import TrainingConfig, cross_validate, cv_outputs, summarise_cv
+
+    config = TrainingConfig.for_model(baselines["training"], model, seed)
     cnn_rate = float(cnn21_cv_summary["best_learning_rate"])
     tables = {
         fold: joined_table(image_features(cnn21_fold_features, training_set.scan_ids, learning_rate=cnn_rate, fold=fold),
@@ -113,7 +103,7 @@ def cross_validate_fusion(
         head, training_set, config=config, augmentation_policy=None, class_weights=class_weights,
         data_fingerprint=data_fingerprint, streams=streams, fit=fit_fusion,
     )
-    summary = summarise_cv(fold_metrics)
+    summary, parent_metrics = cv_outputs(summarise_cv(fold_metrics), training_set, data_fingerprint)
     chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
     in_cv = training_set.folds != VAL_PARTITION_FOLD
     aucs = covariate_aucs(covariates[in_cv], training_set.labels[in_cv], training_set.folds[in_cv], training_set.class_names)
@@ -142,10 +132,7 @@ def cross_validate_fusion(
             "available": "fracture_history" in covariates.columns,
         },
         "warnings": warnings,
-        "data": training_set.counts,
-        "data_fingerprint": data_fingerprint,
     })
-    parent_metrics = parent_run_metrics(chosen)
     if summary["fracture_history"]["val_auc_mean"] is not None:
         parent_metrics["cv_fracture_history_val_auc_mean"] = {"value": summary["fracture_history"]["val_auc_mean"], "step": 0}
     return fold_metrics, summary, parent_metrics
@@ -165,7 +152,13 @@ def fit_final_fusion(
 ) -> tuple[keras.Model, dict[str, Any], dict[str, Any]]:
     """Head at the chosen rate on the final CNN21's features of the training partition; the saved
     two-input network (images + raw covariates -> probabilities), its report, and what evaluate needs."""
-    config = _config(model, baselines, seed)
+    from osteo_pipeline.models.fusion import build_fusion_network, joined_table
+    from osteo_pipeline.training.data import assert_no_test_scans
+    from osteo_pipeline.training.features import embedding_table
+    from osteo_pipeline.training.fusion import FINAL, FusionStreams, export_gap, fit_fusion
+    from osteo_pipeline.training.loop import TrainingConfig, final_fit
+
+    config = TrainingConfig.for_model(baselines["training"], model, seed)
     assert_no_test_scans(training_set.scan_ids, training_set.test_scan_ids)
     features = embedding_table(cnn21_model, training_set.images, training_set.scan_ids, batch_size=config.batch_size)
     table = joined_table(features.set_index("scan_id"), covariates)

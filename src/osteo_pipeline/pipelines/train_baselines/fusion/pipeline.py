@@ -7,7 +7,7 @@ from osteo_pipeline.pipelines.train_baselines.fusion.nodes import (
     fit_final_fusion,
     prepare_covariates,
 )
-from osteo_pipeline.pipelines.train_cnn21.nodes import select_training_scans
+from osteo_pipeline.training.data import select_training_set
 
 _TRAINING_INPUTS = ["training_set", "covariates", "class_weights", "data_fingerprint"]
 _SETTINGS = ["params:model", "params:train_baselines", "params:seed"]
@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                select_training_scans,
+                select_training_set,
                 inputs=["model_input_150", "split_table", "params:label_scheme"],
                 outputs="training_set",
                 name="select_training_scans",

@@ -2,43 +2,21 @@
 
 ``params:model`` is the namespace's own block (name, backbone, unfreeze_blocks,
 registered_model_name); ``params:train_baselines`` holds the shared ``training`` protocol (CNN21's)
-and the ``transfer`` settings.
+and the ``transfer`` settings. TensorFlow is imported inside the nodes (see ``train_cnn21.nodes``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
 import pandas as pd
 
-from osteo_pipeline.models.backbones import build_transfer_model, load_backbone_weights, resolve_weights
-from osteo_pipeline.serving import preprocessing_settings
-from osteo_pipeline.training import TrainingConfig, TrainingSet, cross_validate, final_fit, select_training_set, summarise_cv
-from osteo_pipeline.training.tracking import parent_run_metrics
-from osteo_pipeline.training.loop import final_split
-from osteo_pipeline.training.runtime import precision_policy
-from osteo_pipeline.training.transfer import (
-    FrozenActivations,
-    TransferStreams,
-    cache_activations,
-    export_gap,
-    fit_phases,
-    transfer_phases,
-)
+if TYPE_CHECKING:
+    import keras
 
-
-def _config(params: dict[str, Any], model: dict[str, Any], seed: int) -> TrainingConfig:
-    return TrainingConfig.from_params(
-        params["training"], seed=seed, model_name=model["name"], registered_model_name=model["registered_model_name"]
-    )
-
-
-def select_training_scans(model_input: dict[str, np.ndarray], split_table: pd.DataFrame, label_scheme: str) -> TrainingSet:
-    """Training-partition scans of ``label_scheme`` (test partition set aside, checked)."""
-    return select_training_set(model_input, split_table, label_scheme)
+    from osteo_pipeline.training.data import TrainingSet
+    from osteo_pipeline.training.transfer import FrozenActivations
 
 
 def cache_frozen_activations(
@@ -46,7 +24,14 @@ def cache_frozen_activations(
 ) -> tuple[FrozenActivations, dict[str, Any]]:
     """Build the network, load the ImageNet backbone if it can be had, and cache its frozen
     activations at the phase boundaries; with ``baseline_info``, which says whether it was pretrained."""
-    transfer, config = params["transfer"], _config(params, model, seed)
+    import keras
+
+    from osteo_pipeline.models.backbones import build_transfer_model, load_backbone_weights, resolve_weights
+    from osteo_pipeline.training.loop import TrainingConfig
+    from osteo_pipeline.training.runtime import precision_policy
+    from osteo_pipeline.training.transfer import cache_activations, transfer_phases
+
+    transfer, config = params["transfer"], TrainingConfig.for_model(params["training"], model, seed)
     backbone = model["backbone"]
     builder = partial(build_transfer_model, backbone=backbone, input_size=transfer["input_size"], **transfer["head"])
     keras.utils.set_random_seed(seed)  # the head's initial weights (and a random backbone's)
@@ -91,17 +76,17 @@ def cross_validate_transfer(
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """CNN21's cross-validation (folds x learning-rate grid) over the cached activations: per-fold
     metrics, the CV summary with the chosen rate, and its CV means as parent-run metrics."""
-    config = _config(params, model, seed)
+    from osteo_pipeline.training.loop import TrainingConfig, cross_validate, cv_outputs, summarise_cv
+    from osteo_pipeline.training.transfer import TransferStreams, fit_phases
+
+    config = TrainingConfig.for_model(params["training"], model, seed)
     fold_metrics = cross_validate(
         frozen.builder, frozen.training_set, config=config, augmentation_policy=augmentation_policy,
         class_weights=class_weights, data_fingerprint=data_fingerprint,
         streams=TransferStreams(frozen, config.batch_size), fit=fit_phases,
     )
-    summary = {**summarise_cv(fold_metrics), "pretrained": frozen.info["pretrained"],
-               "data": frozen.training_set.counts, "data_fingerprint": data_fingerprint}
-    chosen = summary["by_learning_rate"][f"{summary['best_learning_rate']:g}"]
-    parent_metrics = parent_run_metrics(chosen)
-    return fold_metrics, summary, parent_metrics
+    summary = {**summarise_cv(fold_metrics), "pretrained": frozen.info["pretrained"]}
+    return fold_metrics, *cv_outputs(summary, frozen.training_set, data_fingerprint)
 
 
 def fit_final_transfer(
@@ -119,7 +104,11 @@ def fit_final_transfer(
     """Fit at the chosen rate on the whole training partition; the whole float32 network and a
     report, which also gives how far the network's own predictions are from the cached path's.
     The registered model takes raw scans, preprocessed with ``roi_resize``'s settings and ingest's limits."""
-    config = _config(params, model, seed)
+    from osteo_pipeline.serving.preprocessing import preprocessing_settings
+    from osteo_pipeline.training.loop import TrainingConfig, final_fit, final_split
+    from osteo_pipeline.training.transfer import TransferStreams, export_gap, fit_phases
+
+    config = TrainingConfig.for_model(params["training"], model, seed)
     network, report = final_fit(
         frozen.builder, frozen.training_set, learning_rate=cv_summary["best_learning_rate"], config=config,
         augmentation_policy=augmentation_policy, class_weights=class_weights, data_fingerprint=data_fingerprint,

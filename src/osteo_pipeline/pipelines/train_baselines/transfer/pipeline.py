@@ -10,8 +10,8 @@ from osteo_pipeline.pipelines.train_baselines.transfer.nodes import (
     cache_frozen_activations,
     cross_validate_transfer,
     fit_final_transfer,
-    select_training_scans,
 )
+from osteo_pipeline.training.data import select_training_set
 
 _TRAINING_INPUTS = ["augmentation_policy", "class_weights", "data_fingerprint"]
 _PARAMS = ["params:model", "params:train_baselines", "params:seed"]
@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                select_training_scans,
+                select_training_set,
                 inputs=["model_input_300", "split_table", "params:label_scheme"],
                 outputs="training_set",
                 name="select_training_scans",
