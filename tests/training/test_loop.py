@@ -11,7 +11,7 @@ import pytest
 
 from osteo_pipeline.models.cnn21 import build_cnn21
 from osteo_pipeline.training.data import select_training_set
-from osteo_pipeline.training.loop import TrainingConfig, cross_validate, summarise_cv
+from osteo_pipeline.training.loop import FitJob, TrainingConfig, cross_validate, summarise_cv
 from osteo_pipeline.training.streams import InputStreams
 from osteo_pipeline.training.loop import compile_model, final_split, fit_model, still_improving
 
@@ -24,10 +24,8 @@ def test_training_lowers_the_loss(inputs):
         model_name="cnn21",
     )
     idx = np.arange(len(ts.labels))
-    result = fit_model(
-        partial(build_cnn21, l2=0.0), InputStreams(ts, config.batch_size), idx, idx,
-        learning_rate=1e-3, config=config, augmentation_policy=None, run_name="learns",
-    )
+    result = fit_model(partial(build_cnn21, l2=0.0), InputStreams(ts, config.batch_size),
+                       FitJob(idx, idx, learning_rate=1e-3, config=config, run_name="learns"))
     loss = result.history["loss"]
     assert len(loss) == 6
     assert min(loss[-2:]) < 0.6 * loss[0], loss

@@ -47,15 +47,15 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from osteo_pipeline.training.data import select_training_set
     from osteo_pipeline.training.loop import TrainingConfig
     from osteo_pipeline.training.streams import InputStreams
-    from osteo_pipeline.training.loop import fit_model
+    from osteo_pipeline.training.loop import FitJob, fit_model
     from osteo_pipeline.training.runtime import get_strategy
 
     ts = select_training_set(*synthetic_inputs(n_patients=8, scans_per_patient=1), "binary")
     config = TrainingConfig.from_params(
         {"max_epochs": 1, "batch_size": 4, "strategy": "mirrored", "track": False}, model_name="cnn21")
     idx = np.arange(len(ts.labels))
-    result = fit_model(partial(build_cnn21), InputStreams(ts, 4), idx, idx, learning_rate=1e-3,
-                       config=config, augmentation_policy=POLICY, run_name="mirrored")
+    result = fit_model(partial(build_cnn21), InputStreams(ts, 4),
+                       FitJob(idx, idx, learning_rate=1e-3, config=config, augmentation_policy=POLICY, run_name="mirrored"))
     print(json.dumps({"replicas": get_strategy("mirrored").num_replicas_in_sync, "loss": result.history["loss"]}))
     """
 )

@@ -12,7 +12,7 @@ import pytest
 
 from osteo_pipeline.models.backbones import build_transfer_model, submodel
 from osteo_pipeline.training.data import select_training_set
-from osteo_pipeline.training.loop import TrainingConfig
+from osteo_pipeline.training.loop import FitJob, TrainingConfig
 from osteo_pipeline.imaging.preprocess import scale_images
 from osteo_pipeline.training.transfer import (
     TransferStreams,
@@ -84,8 +84,8 @@ def test_the_assembled_network_predicts_what_the_cached_path_trained(request, in
         model_name=backbone,
     )
     kept = {}
-    result = fit_phases(cache.builder, TransferStreams(cache, config.batch_size), idx, idx, learning_rate=1e-2,
-                        config=config, augmentation_policy=POLICY, run_name="equivalence",
+    job = FitJob(idx, idx, learning_rate=1e-2, config=config, augmentation_policy=POLICY, run_name="equivalence")
+    result = fit_phases(cache.builder, TransferStreams(cache, config.batch_size), job,
                         on_trained=partial(kept.setdefault, "net"))
     assert result.epochs_run == 2 * n_phases  # patience 2: no early stop
     whole = kept["net"]
@@ -102,5 +102,5 @@ def test_the_assembled_network_predicts_what_the_cached_path_trained(request, in
     for mine, theirs in zip(below.weights, frozen.weights, strict=True):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     with pytest.raises(ValueError, match="activation cache"):
-        fit_phases(partial(build_transfer_model, backbone=backbone), TransferStreams(cache, 8), idx, idx,
-                   learning_rate=1e-3, config=config, augmentation_policy=None, run_name="wrong")
+        fit_phases(partial(build_transfer_model, backbone=backbone), TransferStreams(cache, 8),
+                   FitJob(idx, idx, learning_rate=1e-3, config=config, run_name="wrong"))

@@ -24,11 +24,12 @@ from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.pickle import PickleDataset
 
 from osteo_pipeline.evaluation.models import FAMILIES, ModelCollection, TrainedModel
+from osteo_pipeline.training.metrics import EPOCH_METRICS
 
 logger = logging.getLogger(__name__)
 
 # Per-epoch metrics of a final-fit MLflow run (training.tracking.MlflowEpochLogger).
-HISTORY_KEYS = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
+HISTORY_KEYS = (*EPOCH_METRICS, *(f"val_{m}" for m in EPOCH_METRICS))
 MODEL_SUFFIXES = (".keras", ".pkl")
 
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from osteo_pipeline.evaluation.models import proba_columns  # noqa: E402
+from osteo_pipeline.training.metrics import EPOCH_METRICS  # noqa: E402
 
 
 def _models(predictions: pd.DataFrame) -> list[str]:
@@ -86,10 +87,11 @@ def confusion_figure(confusions: Mapping[str, Sequence[Sequence[int]]], class_na
 
 
 def training_curves_figure(histories: Mapping[str, Mapping[str, Sequence[float]] | None]) -> Figure:
-    """Final-fit training vs validation curves per model (rows: models; columns: loss, accuracy, AUC).
+    """Final-fit training vs validation curves per model (rows: models; columns: loss, accuracy,
+    Keras' micro AUC).
     Models without epochs (classical) or without a recorded history get a one-line note."""
     models = list(histories)
-    metrics = ("loss", "accuracy", "auc")
+    metrics = EPOCH_METRICS
     fig, axes = plt.subplots(max(len(models), 1), 3, figsize=(12, 2.5 * max(len(models), 1)), squeeze=False)
     if not models:
         return _message(fig, axes[0, 0], "no model evaluated")

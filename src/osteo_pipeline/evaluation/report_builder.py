@@ -60,19 +60,38 @@ def compose_report(
     """The report document, the evaluation summary (JSON) and the MLflow record (per-model child
     runs + parent metrics). Every number comes from the inputs; the only typed-in figures are
     the paper's, from ``paper_reference`` (parameters_evaluate.yml). ``subgroup_metrics``
-    (``compute_subgroup_metrics``) adds the per-subgroup section."""
+    (``compute_subgroup_metrics``) adds the per-subgroup section. One function per section."""
     reference = comparison["reference"]
     classes = list(test_set.class_names)
-    evaluated = model_status["evaluated"]
     doc = Report(title=f"Osteoporosis detection on spine DXA: {reference} against the baselines ({label_scheme})")
+    _cohort_section(doc, test_set, ingest_report or {}, data_fingerprint, split_table, label_scheme)
+    _models_section(doc, model_status)
+    boot = next(iter(test_metrics.values()))["bootstrap"]
+    _performance_section(doc, test_metrics, classes, boot)
+    if subgroup_metrics:
+        _subgroup_section(doc, subgroup_metrics, boot)
+    _comparison_section(doc, test_set, comparison, model_status["evaluated"], params["small_sample"])
+    _figures_section(doc, test_metrics, model_status, reference)
+    _paper_section(doc, paper_reference, test_metrics, label_scheme)
 
-    # -- cohort
-    counts = (ingest_report or {}).get("counts", {})
+    summary = {
+        "label_scheme": label_scheme, "class_names": classes, "reference_model": reference,
+        "test_set": test_set.counts, "models": model_status, "test_metrics": test_metrics, "comparison": comparison,
+        "data_fingerprint": data_fingerprint, "subgroups": subgroup_metrics or {},
+    }
+    return doc, summary, mlflow_record(test_metrics, comparison, model_status, test_set, label_scheme, subgroup_metrics)
+
+
+def _cohort_section(doc: Report, test_set: TestSet, ingest_report: dict[str, Any], data_fingerprint: dict[str, Any],
+                    split_table: pd.DataFrame, label_scheme: str) -> None:
+    """Where the scans came from, the partitions, the views and what ingest left out."""
+    classes = list(test_set.class_names)
+    counts = ingest_report.get("counts", {})
     doc.heading("Cohort")
     in_scheme = split_table[split_table["label"].isin(classes)]
     by_part = in_scheme.groupby(["partition", "label"]).size().unstack(fill_value=0).reindex(columns=classes, fill_value=0)
     doc.bullets([
-        f"Source: `{(ingest_report or {}).get('raw_dir', 'unknown')}` (layout: {(ingest_report or {}).get('layout', 'unknown')}); "
+        f"Source: `{ingest_report.get('raw_dir', 'unknown')}` (layout: {ingest_report.get('layout', 'unknown')}); "
         f"{counts.get('accepted', len(split_table))} scans accepted of {counts.get('scan_files', 'n/a')} scan files, "
         f"{counts.get('patients', split_table['patient_id'].nunique())} patients.",
         "Classes in the cohort: " + ", ".join(f"{c} {n}" for c, n in (counts.get("accepted_by_class") or {}).items()) + ".",
@@ -88,9 +107,12 @@ def compose_report(
               [[part, *by_part.loc[part].tolist(), int(by_part.loc[part].sum()),
                 int(in_scheme.loc[in_scheme["partition"] == part, "patient_id"].nunique())] for part in by_part.index])
     _views_section(doc, data_fingerprint, in_scheme, counts)
-    _excluded_section(doc, ingest_report or {})
+    _excluded_section(doc, ingest_report)
 
-    # -- models
+
+def _models_section(doc: Report, model_status: dict[str, Any]) -> None:
+    """Every expected model: evaluated, left out or missing (with why), and its backbone weights."""
+    evaluated = model_status["evaluated"]
     doc.heading("Models")
     rows = []
     for name in model_status["expected"]:
@@ -113,8 +135,9 @@ def compose_report(
     if warnings:
         doc.note("Warnings:\n" + "\n".join(warnings))
 
-    # -- Table 5 style
-    boot = next(iter(test_metrics.values()))["bootstrap"]
+
+def _performance_section(doc: Report, test_metrics: dict[str, Any], classes: list[str], boot: dict[str, Any]) -> None:
+    """Table 5: every model's test metrics with patient-bootstrap CIs (and per class, for three)."""
     doc.heading("Test-set performance (Table 5 style)")
     doc.text(f"Percent, with {round(100 * (1 - boot['alpha']))}% confidence intervals from a {boot['method']} "
              f"({boot['n_boot']} resamples, seed {boot['seed']}); "
@@ -130,12 +153,13 @@ def compose_report(
                   [[m, c, pc["support"], *(_pct(finite_or_none(pc[k])) for k in ("precision", "recall", "specificity", "f1", "auc"))]
                    for m, v in test_metrics.items() for c, pc in v["per_class"].items()])
 
-    if subgroup_metrics:
-        _subgroup_section(doc, subgroup_metrics, boot)
 
-    # -- significance
+def _comparison_section(doc: Report, test_set: TestSet, comparison: dict[str, Any], evaluated: list[str],
+                        small: dict[str, Any]) -> None:
+    """The reference model against each baseline: CV folds (paired t-test) and the test set."""
+    reference = comparison["reference"]
+    classes = list(test_set.class_names)
     n_test = len(test_set)
-    small = params["small_sample"]
     doc.heading(f"{reference} against each baseline")
     n_folds = max((t.get("n", 0) for tests in comparison["cv"].values() for t in tests.values()), default=0)
     doc.note(
@@ -172,7 +196,9 @@ def compose_report(
               [[name, *(f"{_mean_sd(comparison['cv_summary'][m][name])} ({comparison['cv_summary'][m][name]['n_folds']})"
                         for m in comparison["cv_summary"])] for name in evaluated])
 
-    # -- figures
+
+def _figures_section(doc: Report, test_metrics: dict[str, Any], model_status: dict[str, Any], reference: str) -> None:
+    """The five figures with their captions."""
     doc.heading("Figures")
     captions = {
         "roc_curves": "ROC curves of every evaluated model on the test partition (paper 1, Figure 7)",
@@ -184,16 +210,6 @@ def compose_report(
     }
     for name in FIGURES:
         doc.figure(name, captions[name])
-
-    # -- paper reference
-    _paper_section(doc, paper_reference, test_metrics, label_scheme)
-
-    summary = {
-        "label_scheme": label_scheme, "class_names": classes, "reference_model": reference,
-        "test_set": test_set.counts, "models": model_status, "test_metrics": test_metrics, "comparison": comparison,
-        "data_fingerprint": data_fingerprint, "subgroups": subgroup_metrics or {},
-    }
-    return doc, summary, mlflow_record(test_metrics, comparison, model_status, test_set, label_scheme, subgroup_metrics)
 
 
 def _excluded_section(doc: Report, ingest_report: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ the final model) is the whole network of ``models.fusion.build_fusion_network``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import keras
@@ -34,7 +35,7 @@ from osteo_pipeline.models.fusion import (
 from osteo_pipeline.training import runtime
 from osteo_pipeline.training.data import TrainingSet, assert_no_test_scans
 from osteo_pipeline.training.features import FeatureStreams
-from osteo_pipeline.training.loop import FitResult, ModelBuilder, fit_model
+from osteo_pipeline.training.loop import FitJob, FitResult, ModelBuilder, ModelPool, fit_model
 
 FINAL = "final"  # the key of the final fit's single table
 
@@ -82,19 +83,17 @@ class FusionStreams:
 def fit_fusion(
     builder: ModelBuilder,
     streams: FusionStreams,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
+    job: FitJob,
     *,
-    augmentation_policy: dict[str, Any] | None = None,
-    run_params: dict[str, Any] | None = None,
     on_trained: Callable[[keras.Model], None] | None = None,
-    **fit_args: Any,
+    models: ModelPool | None = None,
 ) -> FitResult:
-    """``loop.fit_model`` for the fusion head: preprocessing fitted on ``train_idx`` of the right
-    table, then one ``fit_model`` run (``fit_args``: the rest of its keyword arguments, passed on).
-    ``on_trained`` gets the whole network (``builder``'s, see ``build_fusion_network``) with the
-    fitted preprocessing and trained head; the head trains from ``streams.head_builder``. There
-    is nothing to augment (``augmentation_policy`` is ignored): features are precomputed."""
+    """``loop.fit_model`` for the fusion head: preprocessing fitted on ``job.train_idx`` of the
+    right table, then one ``fit_model`` run. ``on_trained`` gets the whole network (``builder``'s,
+    see ``build_fusion_network``) with the fitted preprocessing and trained head; the head trains
+    from ``streams.head_builder``. There is nothing to augment (the job's augmentation policy is
+    ignored): features are precomputed."""
+    train_idx, val_idx = job.train_idx, job.val_idx
     key = streams.key_for(train_idx, val_idx)
     table = streams.tables[key]
     fitted = fit_preprocessing(table.iloc[train_idx])  # training rows only: validation rows play no part
@@ -107,16 +106,13 @@ def fit_fusion(
     def deliver(head: keras.Model) -> None:
         on_trained(assemble(builder, head, state, streams))
 
-    return fit_model(
-        streams.head_builder, features, train_idx, val_idx,
-        augmentation_policy=None,
-        run_params={
-            **(run_params or {}), "image_features": f"cnn21 fold {key} model" if key != FINAL else "final cnn21",
-            "covariates": ",".join(covariate_columns(streams.columns)),
-            "imputed_train_values": sum(state.get("n_missing", {}).values()),
-        },
-        on_trained=None if on_trained is None else deliver, **fit_args,
-    )
+    head_job = replace(job, augmentation_policy=None, run_params={
+        **job.run_params, "image_features": f"cnn21 fold {key} model" if key != FINAL else "final cnn21",
+        "covariates": ",".join(covariate_columns(streams.columns)),
+        "imputed_train_values": sum(state.get("n_missing", {}).values()),
+    })
+    return fit_model(streams.head_builder, features, head_job, on_trained=None if on_trained is None else deliver,
+                     models=models)
 
 
 def assemble(builder: ModelBuilder, head: keras.Model, state: dict[str, Any], streams: FusionStreams) -> keras.Model:

@@ -13,7 +13,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
@@ -28,7 +28,7 @@ from osteo_pipeline.core.metrics import finite_or_none
 from osteo_pipeline.training import runtime, tracking
 from osteo_pipeline.training.data import VAL_PARTITION_FOLD, TrainingSet
 from osteo_pipeline.training.streams import InputStreams
-from osteo_pipeline.training.metrics import METRIC_NAMES, classification_metrics, prefixed
+from osteo_pipeline.training.metrics import EPOCH_AUC, METRIC_NAMES, classification_metrics, prefixed
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,12 @@ class EpochProgress(keras.callbacks.Callback):
 def compile_model(
     builder: ModelBuilder, input_shape: tuple[int, ...], num_classes: int, learning_rate: float, optimizer: str = "adam"
 ) -> keras.Model:
-    """Build and compile for training: softmax + categorical cross-entropy, accuracy and AUC per epoch."""
+    """Build and compile for training: softmax + categorical cross-entropy, accuracy and (micro) AUC per epoch."""
     model = builder(input_shape=input_shape, num_classes=num_classes)
     model.compile(
         optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}}),
         loss=keras.losses.CategoricalCrossentropy(),
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        metrics=["accuracy", keras.metrics.AUC(name=EPOCH_AUC)],
     )
     return model
 
@@ -215,59 +215,74 @@ def _no_empty_replicas(
     return train_ds, val_ds
 
 
+@dataclass(frozen=True)
+class FitJob:
+    """One training run: its scans, learning rate and protocol, and how MLflow records it."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    learning_rate: float
+    config: TrainingConfig
+    augmentation_policy: dict[str, Any] | None = None
+    class_weights: dict[str, Any] | None = None
+    run_name: str = "fit"
+    run_params: dict[str, Any] = field(default_factory=dict)
+    run_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _run_params(job: FitJob, streams: InputStreams, model: keras.Model, precision: str, replicas: int,
+                class_weight: dict[int, float]) -> dict[str, Any]:
+    """The MLflow params of one fit: the protocol, the data it saw and the model's size."""
+    names = streams.training_set.class_names
+    return {
+        **job.config.as_params(),
+        "learning_rate": job.learning_rate,
+        "precision_resolved": precision,
+        "replicas": replicas,
+        "input_shape": "x".join(map(str, streams.input_shape)),
+        "class_names": ",".join(names),
+        "class_weight": {names[i]: round(w, 4) for i, w in class_weight.items()},
+        "n_train": len(job.train_idx),
+        "n_val": len(job.val_idx),
+        "n_params": model.count_params(),
+        **job.run_params,
+    }
+
+
 def fit_model(
     builder: ModelBuilder,
     streams: InputStreams,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
+    job: FitJob,
     *,
-    learning_rate: float,
-    config: TrainingConfig,
-    augmentation_policy: dict[str, Any] | None,
-    class_weights: dict[str, Any] | None = None,
-    run_name: str,
-    run_params: dict[str, Any] | None = None,
-    run_tags: dict[str, str] | None = None,
     on_trained: Callable[[keras.Model], None] | None = None,
     models: ModelPool | None = None,
 ) -> FitResult:
-    """Train one model on ``train_idx`` with early stopping on ``val_idx``, as one MLflow run.
+    """Train one model on ``job.train_idx`` with early stopping on ``job.val_idx``, as one MLflow run.
 
     ``on_trained``, if given, gets the trained model (best weights) while the run is still active
     (used to log the final model into the same run). ``models`` lets successive fits reuse
     one compiled model (see ``ModelPool``); without it the model is built afresh. The builder
     gets ``streams.input_shape``: the images' shape, or that of precomputed inputs (``features``).
     """
+    train_idx, val_idx, config, run_name = job.train_idx, job.val_idx, job.config, job.run_name
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{run_name}: empty training ({len(train_idx)}) or validation ({len(val_idx)}) set")
     ts = streams.training_set
     runtime.seed_everything(config.seed, config.deterministic)
     strategy = runtime.get_strategy(config.strategy)
-    class_weight = _class_weight(ts, train_idx, class_weights)
+    class_weight = _class_weight(ts, train_idx, job.class_weights)
     # Streams (and the augmenter's RNG variable) live outside the strategy scope: they run on
     # the host, and a mirrored RNG variable cannot be updated inside tf.data.
-    train_ds = streams.train(train_idx, augmentation_policy if config.augment else None, seed=config.seed)
+    train_ds = streams.train(train_idx, job.augmentation_policy if config.augment else None, seed=config.seed)
     val_ds = streams.evaluate(val_idx)
     if strategy.num_replicas_in_sync > 1:
         train_ds, val_ds = _no_empty_replicas(train_ds, val_ds, len(train_idx), len(val_idx), streams.batch_size,
                                               strategy.num_replicas_in_sync)
     model, precision = (models or ModelPool()).get(
-        builder, streams.input_shape, streams.num_classes, learning_rate, config
+        builder, streams.input_shape, streams.num_classes, job.learning_rate, config
     )
-    params = {
-        **config.as_params(),
-        "learning_rate": learning_rate,
-        "precision_resolved": precision,
-        "replicas": strategy.num_replicas_in_sync,
-        "input_shape": "x".join(map(str, streams.input_shape)),
-        "class_names": ",".join(ts.class_names),
-        "class_weight": {ts.class_names[i]: round(w, 4) for i, w in class_weight.items()},
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
-        "n_params": model.count_params(),
-        **(run_params or {}),
-    }
-    tags = {**tracking.environment_tags(precision, config.strategy), "model": config.model_name, **(run_tags or {})}
+    params = _run_params(job, streams, model, precision, strategy.num_replicas_in_sync, class_weight)
+    tags = {**tracking.environment_tags(precision, config.strategy), "model": config.model_name, **job.run_tags}
     with tracking.child_run(run_name, params, tags, enabled=config.track) as run_id:
         start = time.perf_counter()
         history = model.fit(
@@ -340,16 +355,14 @@ def cross_validate(
             done += 1
             train_idx = np.flatnonzero((training_set.folds != fold) & (training_set.folds != VAL_PARTITION_FOLD))
             val_idx = np.flatnonzero(training_set.folds == fold)
-            result = fit(
-                builder, streams, train_idx, val_idx,
-                learning_rate=lr, config=config, augmentation_policy=augmentation_policy,
-                class_weights=class_weights,
-                on_trained=None if on_fold_trained is None else partial(on_fold_trained, learning_rate=lr, fold=fold),
+            job = FitJob(
+                train_idx, val_idx, lr, config, augmentation_policy, class_weights,
                 run_name=f"{config.model_name}-lr{lr:g}-fold{fold} ({done}/{total})",
                 run_params={"fold": fold, "n_folds": len(folds), "stage": "cv", "label_scheme": training_set.counts.get("label_scheme")},
                 run_tags={"stage": "cv", **tracking.fingerprint_tags(data_fingerprint or {})},
-                models=models,
             )
+            on_trained = None if on_fold_trained is None else partial(on_fold_trained, learning_rate=lr, fold=fold)
+            result = fit(builder, streams, job, on_trained=on_trained, models=models)
             rows.append({
                 "model": config.model_name, "learning_rate": lr, "fold": fold,
                 "n_train": len(train_idx), "n_val": len(val_idx),
@@ -447,14 +460,13 @@ def final_fit(
             kept["model_uri"] = tracking.log_keras_model(kept["model"], training_set.class_names,
                                                          config.registered_model_name, preprocessing)
 
-    result = fit(
-        builder, streams, train_idx, val_idx,
-        learning_rate=learning_rate, config=config, augmentation_policy=augmentation_policy,
-        class_weights=class_weights, run_name=f"{config.model_name}-final-lr{learning_rate:g}",
+    job = FitJob(
+        train_idx, val_idx, learning_rate, config, augmentation_policy, class_weights,
+        run_name=f"{config.model_name}-final-lr{learning_rate:g}",
         run_params={"stage": "final", "label_scheme": training_set.counts.get("label_scheme")},
         run_tags={"stage": "final", **tracking.fingerprint_tags(data_fingerprint or {})},
-        on_trained=export_and_log,
     )
+    result = fit(builder, streams, job, on_trained=export_and_log)
     report = {
         "model": config.model_name,
         "learning_rate": learning_rate,

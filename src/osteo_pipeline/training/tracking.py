@@ -28,6 +28,7 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import Schema, TensorSpec  # noqa: E402
 
 from osteo_pipeline.training import runtime  # noqa: E402
+from osteo_pipeline.training.metrics import EPOCH_METRICS  # noqa: E402
 
 _PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "mlflow", "kedro", "kedro-mlflow", "scikit-learn", "numpy", "pandas")
 
@@ -116,8 +117,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
 
 def training_curves_figure(history: dict[str, Sequence[float]], title: str) -> plt.Figure:
-    """Loss / accuracy / AUC per epoch, training vs validation (paper Figure 5 style)."""
-    names = [n for n in ("loss", "accuracy", "auc") if n in history]
+    """Loss / accuracy / (micro) AUC per epoch, training vs validation (paper Figure 5 style)."""
+    names = [n for n in EPOCH_METRICS if n in history]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         epochs = np.arange(1, len(history[name]) + 1)

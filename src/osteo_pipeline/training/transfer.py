@@ -27,7 +27,7 @@ from osteo_pipeline.training import runtime, tracking
 from osteo_pipeline.imaging.preprocess import scale_images
 from osteo_pipeline.training.data import TrainingSet
 from osteo_pipeline.training.features import FeatureStreams, compact, predict_images
-from osteo_pipeline.training.loop import FitResult, ModelBuilder, ModelPool, TrainingConfig, fit_model
+from osteo_pipeline.training.loop import FitJob, FitResult, ModelBuilder, ModelPool, fit_model
 
 logger = logging.getLogger(__name__)
 
@@ -212,28 +212,25 @@ def _merge_histories(histories: list[dict[str, list[float]]]) -> dict[str, list[
 def fit_phases(
     builder: ModelBuilder,
     streams: TransferStreams,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
+    job: FitJob,
     *,
-    learning_rate: float,
-    config: TrainingConfig,
-    models: ModelPool | None = None,
     on_trained: Callable[[keras.Model], None] | None = None,
-    run_name: str,
-    **fit_args: Any,
+    models: ModelPool | None = None,
 ) -> FitResult:
     """``loop.fit_model`` for a phased transfer model: one MLflow run holding a nested run per phase.
 
     Each phase starts from the previous phase's head. The result's metrics are the last phase's
     (best weights); ``on_trained`` gets the whole assembled network. ``builder`` must be the
-    cache's own (the whole network); ``models`` reuses the phases' top models across folds. The
-    other keyword arguments are ``fit_model``'s; every run also carries the cache's tags.
+    cache's own (the whole network); ``models`` reuses the phases' top models across folds. Every
+    run also carries the cache's tags.
     """
     cache = streams.cache
     if builder is not cache.builder:
         raise ValueError("fit_phases trains the network its activation cache was computed with")
-    run_params = {**(fit_args.pop("run_params", None) or {})}
-    run_tags = {**(fit_args.pop("run_tags", None) or {}), **cache.tags}
+    config, learning_rate, run_name = job.config, job.learning_rate, job.run_name
+    train_idx, val_idx = job.train_idx, job.val_idx
+    run_params = dict(job.run_params)
+    run_tags = {**job.run_tags, **cache.tags}
     precision = runtime.resolve_precision(config.precision)
     params = {
         **config.as_params(), "learning_rate": learning_rate, "precision_resolved": precision,
@@ -254,15 +251,13 @@ def fit_phases(
                 early_stopping_patience=phase.early_stopping_patience or config.early_stopping_patience,
             )
             top_builder, phase_streams = streams.for_phase(phase)
-            result = fit_model(
-                top_builder, phase_streams, train_idx, val_idx,
-                learning_rate=learning_rate * phase.learning_rate_factor, config=phase_config,
+            phase_job = replace(
+                job, learning_rate=learning_rate * phase.learning_rate_factor, config=phase_config,
                 run_name=f"{run_name} {phase.name}",
                 run_params={**run_params, "phase": phase.name, "boundary": phase.boundary},
                 run_tags={**run_tags, "phase": phase.name},
-                models=_HeadStart(models, head) if head else models,
-                **fit_args,
             )
+            result = fit_model(top_builder, phase_streams, phase_job, models=_HeadStart(models, head) if head else models)
             head = head_weights(result.model)
             results.append(result)
         last = results[-1]
