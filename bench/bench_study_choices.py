@@ -18,7 +18,7 @@ Usage (from the repository root):
   .venv/bin/python bench/bench_study_choices.py --seeds 1 --fits pad --baseline none --max-epochs 15
   # real scans (three classes): the knee set
   .venv/bin/python bench/bench_study_choices.py --raw ../shared/datasets/knee-xray-3class \\
-      --label-scheme three_class --fits stretch --seeds 42
+      --label-scheme three_class --views AP lateral --fits stretch --seeds 42
 """
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="cohort image scale")
     p.add_argument("--raw", type=Path, default=None, help="a folder of real scans instead of a cohort")
     p.add_argument("--label-scheme", default="binary")
+    p.add_argument("--views", nargs="+", default=None,
+                   help="split.views (e.g. AP lateral for a folder of mixed views; default: the project's)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--figure", type=Path, default=None)
     args = p.parse_args()
@@ -168,6 +170,9 @@ def main() -> None:
                     extra = {} if args.difficulty is None else {"difficulty": args.difficulty}
                     generate_cohort(raw, seed=seed, scale=args.scale, **extra)
                 (project / "conf/local/parameters_seed.yml").write_text(f"seed: {seed}\n")
+                if args.views:  # a list: through conf/local, as --params splits on commas
+                    (project / "conf/local/parameters_views.yml").write_text(
+                        json.dumps({"split": {"views": args.views}}))
                 prep = kedro(project, "--pipelines=ingest,roi_resize,split_augment",
                              f"--params=label_scheme={args.label_scheme},roi_resize.fit={fit}")
                 for model in models:
@@ -180,7 +185,7 @@ def main() -> None:
         "cpu": cpu_info(),
         "seeds": args.seeds, "fits": args.fits, "learning_rates": args.learning_rates,
         "max_epochs": args.max_epochs, "difficulty": args.difficulty, "scale": args.scale,
-        "raw": None if args.raw is None else args.raw.name, "label_scheme": args.label_scheme,
+        "raw": None if args.raw is None else args.raw.name, "label_scheme": args.label_scheme, "views": args.views,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }

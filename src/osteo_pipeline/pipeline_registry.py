@@ -9,21 +9,8 @@ ON_DEMAND = ("external_validation",)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every pipeline under ``pipelines/``; ``__default__`` runs them all in order
-    (except the ``ON_DEMAND`` ones).
-
-    Kedro orders nodes by datasets only, and evaluate reads the trained models through one
-    collection dataset, so evaluate is made to wait for the final fit of every training
-    pipeline loaded with it (all for ``kedro run``; those named in ``--pipelines=...,evaluate``).
-    """
+    """Register every pipeline under ``pipelines/``; ``__default__`` runs them all (except the
+    ``ON_DEMAND`` ones), in the order their datasets give: evaluate reads every trained model."""
     pipelines = find_pipelines()
-    stages = {name: p for name, p in pipelines.items() if name not in ON_DEMAND}
-    if "evaluate" not in stages:  # `--pipelines=...` without evaluate: only those are found
-        pipelines["__default__"] = sum(stages.values(), Pipeline([]))
-        return pipelines
-    from osteo_pipeline.pipelines import evaluate
-
-    training = sum((p for name, p in stages.items() if name != "evaluate"), Pipeline([]))
-    pipelines["evaluate"] = evaluate.create_pipeline(after=training)
-    pipelines["__default__"] = training + pipelines["evaluate"]
+    pipelines["__default__"] = sum((p for name, p in pipelines.items() if name not in ON_DEMAND), Pipeline([]))
     return pipelines

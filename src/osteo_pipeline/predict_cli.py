@@ -74,7 +74,7 @@ def _file_behind(error: BaseException) -> Path | None:
 def unreadable_model_message(model_uri: str, error: BaseException) -> str:
     """What ``osteo predict`` says when a model's files cannot be read: the file, relative to the
     project (the working folder), and the reader's own complaint."""
-    from osteo_pipeline.datasets.trained_models import describe_problem
+    from osteo_pipeline.datasets.model_files import describe_problem
 
     file = _file_behind(error)
     where = f"its file {os.path.relpath(file)}" if file is not None else "one of its files"

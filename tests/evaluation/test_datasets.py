@@ -1,4 +1,5 @@
-"""The read-only collection of trained models and the MLflow evaluation dataset."""
+"""Model files as the catalog reads them, evaluate's collection of the declared models, and the
+MLflow evaluation dataset."""
 
 from __future__ import annotations
 
@@ -9,87 +10,77 @@ import numpy as np
 import pandas as pd
 import pytest
 from kedro.io.core import DatasetError, Version
-from kedro_datasets.json import JSONDataset
-from kedro_datasets.pandas import CSVDataset
-from kedro_datasets.pickle import PickleDataset
-from kedro_datasets.tensorflow import TensorFlowModelDataset
 
 from evaluate_kit import tiny_image_model
-from osteo_pipeline.datasets import MlflowEvaluationDataset, TrainedModelsDataset
+from osteo_pipeline.datasets import KerasModelDataset, MlflowEvaluationDataset, SklearnModelDataset
+from osteo_pipeline.evaluation.models import NotTrained, declared_families, model_artifacts
+from osteo_pipeline.pipelines.evaluate.nodes import collect_models
 
-FAMILIES = {"cnn21": "cnn21", "vgg16": "transfer", "svm": "classical"}
 CLASSES = ["normal", "osteoporosis"]
 
 
-def _save(root: Path, name: str, model, suffix: str, version: str, final_fit: dict) -> None:
-    """As the training catalogs save a model and its reports (versioned folders)."""
-    v = Version(None, version)
-    ds = (TensorFlowModelDataset(filepath=str(root / "06_models" / f"{name}.keras"), version=v) if suffix == ".keras"
-          else PickleDataset(filepath=str(root / "06_models" / f"{name}.pkl"), version=v))
-    ds.save(model)
-    JSONDataset(filepath=str(root / "08_reporting" / f"{name}_final_fit.json"), version=v).save(final_fit)
-    JSONDataset(filepath=str(root / "08_reporting" / f"{name}_cv_summary.json"), version=v).save({"best_learning_rate": 1e-3})
-    CSVDataset(filepath=str(root / "08_reporting" / f"{name}_fold_metrics.csv"), version=v).save(
-        pd.DataFrame({"learning_rate": [1e-3, 1e-3], "fold": [0, 1], "accuracy": [0.5, 0.6]}))
-
-
-def _dataset(root: Path) -> TrainedModelsDataset:
-    return TrainedModelsDataset(families=FAMILIES, models_dir=str(root / "06_models"),
-                                reporting_dir=str(root / "08_reporting"), history_from_mlflow=False)
-
-
-def test_exists_once_cnn21_is_trained_and_lists_the_missing_baselines(tmp_path):
-    ds = _dataset(tmp_path)
-    assert not ds.exists()
-    with pytest.raises(DatasetError, match="train_cnn21"):
-        ds.load()
-    _save(tmp_path, "cnn21", tiny_image_model(), ".keras", "2026-01-01T00.00.00.000Z",
-          {"class_names": CLASSES, "history": {"loss": [1.0, 0.5]}})
-    assert ds.exists()
-    collection = ds.load()
-    assert list(collection.models) == ["cnn21"] and set(collection.missing) == {"vgg16", "svm"}
-    assert collection.expected == ["cnn21", "vgg16", "svm"] and collection.families == FAMILIES
-    cnn21 = collection.models["cnn21"]
-    assert isinstance(cnn21.model, keras.Model) and cnn21.class_names == CLASSES
-    assert cnn21.history == {"loss": [1.0, 0.5]}  # from the report when it holds one
-    assert list(cnn21.fold_metrics.columns) == ["learning_rate", "fold", "accuracy"]
-    assert set(cnn21.versions) == {"model", "final_fit", "cv_summary", "fold_metrics"}
-
-
-def test_loads_the_latest_version_and_pickled_baselines(tmp_path):
+def test_model_files_load_the_latest_version(tmp_path):
     from sklearn.dummy import DummyClassifier
 
     first, second = tiny_image_model(seed=1), tiny_image_model(seed=2)
-    _save(tmp_path, "cnn21", first, ".keras", "2026-01-01T00.00.00.000Z", {"class_names": CLASSES, "run": 1})
-    _save(tmp_path, "cnn21", second, ".keras", "2026-01-02T00.00.00.000Z", {"class_names": CLASSES, "run": 2})
-    _save(tmp_path, "svm", DummyClassifier().fit(np.zeros((2, 1)), [0, 1]), ".pkl", "2026-01-02T00.00.00.000Z",
-          {"class_names": CLASSES})
-    collection = _dataset(tmp_path).load()
-    assert collection.models["cnn21"].final_fit["run"] == 2
+    path = str(tmp_path / "cnn21.keras")
+    KerasModelDataset(filepath=path, version=Version(None, "2026-01-01T00.00.00.000Z")).save(first)
+    KerasModelDataset(filepath=path, version=Version(None, "2026-01-02T00.00.00.000Z")).save(second)
+    loaded = KerasModelDataset(filepath=path, version=Version(None, None)).load()
     x = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
-    assert np.allclose(collection.models["cnn21"].model.predict(x, verbose=0), second.predict(x, verbose=0))
-    assert collection.models["cnn21"].versions["model"] == "2026-01-02T00.00.00.000Z"
-    assert collection.models["svm"].family == "classical" and list(collection.missing) == ["vgg16"]
+    assert isinstance(loaded, keras.Model)
+    assert np.allclose(loaded.predict(x, verbose=0), second.predict(x, verbose=0))
+    svm = SklearnModelDataset(filepath=str(tmp_path / "svm.pkl"), version=Version(None, "2026-01-01T00.00.00.000Z"))
+    svm.save(DummyClassifier().fit(np.zeros((2, 1)), [0, 1]))
+    assert list(SklearnModelDataset(filepath=str(tmp_path / "svm.pkl"), version=Version(None, None)).load().classes_) == [0, 1]
 
 
-def test_a_baseline_that_cannot_be_loaded_is_reported_not_fatal(tmp_path):
-    _save(tmp_path, "cnn21", tiny_image_model(), ".keras", "2026-01-01T00.00.00.000Z", {"class_names": CLASSES})
-    broken = tmp_path / "06_models" / "vgg16.keras" / "2026-01-01T00.00.00.000Z" / "vgg16.keras"
+@pytest.mark.parametrize("kind", [KerasModelDataset, SklearnModelDataset])
+def test_a_corrupt_model_file_is_named_with_the_cure(tmp_path, kind):
+    suffix = ".keras" if kind is KerasModelDataset else ".pkl"
+    version = "2026-01-01T00.00.00.000Z"
+    broken = tmp_path / f"vgg16{suffix}" / version / f"vgg16{suffix}"
     broken.parent.mkdir(parents=True)
-    broken.write_bytes(b"not a keras file")
-    JSONDataset(filepath=str(tmp_path / "08_reporting" / "vgg16_final_fit.json"),
-                version=Version(None, "2026-01-01T00.00.00.000Z")).save({"class_names": CLASSES})
-    collection = _dataset(tmp_path).load()
-    assert "vgg16" not in collection.models and collection.missing["vgg16"].startswith("could not be loaded")
+    broken.write_bytes(b"not a model file")
+    with pytest.raises(DatasetError) as raised:
+        kind(filepath=str(tmp_path / f"vgg16{suffix}"), version=Version(None, None)).load()
+    said = str(raised.value)
+    assert f"vgg16{suffix}/{version}/vgg16{suffix} cannot be read: it is truncated or corrupt" in said
+    assert "Retrain the model" in said
 
 
-def test_the_collection_is_read_only_and_checks_its_configuration(tmp_path):
-    with pytest.raises(DatasetError, match="read-only"):
-        _dataset(tmp_path).save({})
-    with pytest.raises(DatasetError, match="unknown model families"):
-        TrainedModelsDataset(families={"cnn21": "cnn21", "x": "boosting"})
-    with pytest.raises(DatasetError, match="required"):
-        TrainedModelsDataset(families={"vgg16": "transfer"})
+def test_the_declaration_gives_every_model_its_family_and_catalog_entries():
+    blocks = {"training": {"max_epochs": 3}, "transfer": {"input_size": 300},
+              "vgg16": {"family": "transfer"}, "svm": {"family": "classical"}, "fusion": {"family": "fusion"}}
+    assert declared_families(blocks) == {"cnn21": "cnn21", "vgg16": "transfer", "svm": "classical", "fusion": "fusion"}
+    assert model_artifacts("cnn21", "cnn21")["model"] == "cnn21_model"
+    assert model_artifacts("svm", "classical")["model"] == "svm.sklearn_model"
+    assert model_artifacts("vgg16", "transfer") == {
+        "model": "vgg16.model", "final_fit": "vgg16.final_fit", "cv_summary": "vgg16.cv_summary",
+        "fold_metrics": "vgg16.fold_metrics", "baseline_info": "vgg16.baseline_info"}
+    with pytest.raises(ValueError, match="unknown family 'boosting'"):
+        declared_families({"xgb": {"family": "boosting"}})
+
+
+def test_collect_models_reports_the_untrained_ones_as_missing():
+    families = {"cnn21": "cnn21", "vgg16": "transfer", "svm": "classical"}
+    folds = pd.DataFrame({"learning_rate": [1e-3, 1e-3], "fold": [0, 1], "accuracy": [0.5, 0.6]})
+    artifacts = {
+        "cnn21__model": tiny_image_model(), "cnn21__final_fit": {"class_names": CLASSES, "history": {"loss": [1.0, 0.5]}},
+        "cnn21__cv_summary": {"best_learning_rate": 1e-3}, "cnn21__fold_metrics": folds,
+        **{f"vgg16__{w}": NotTrained(f"vgg16.{w}") for w in ("model", "final_fit", "cv_summary", "fold_metrics", "baseline_info")},
+        "svm__model": NotTrained("svm.sklearn_model"), "svm__final_fit": {"class_names": CLASSES},
+        "svm__cv_summary": NotTrained("svm.cv_summary"), "svm__fold_metrics": NotTrained("svm.fold_metrics"),
+        "svm__baseline_info": NotTrained("svm.baseline_info"),
+    }
+    models, missing = collect_models(families, artifacts)
+    assert list(models) == ["cnn21"]
+    assert missing == {"vgg16": "not trained yet (no saved vgg16.model or vgg16.final_fit)",
+                       "svm": "not trained yet (no saved svm.sklearn_model)"}
+    cnn21 = models["cnn21"]
+    assert cnn21.family == "cnn21" and cnn21.class_names == CLASSES
+    assert cnn21.history == {"loss": [1.0, 0.5]}  # from the report when it holds one
+    assert list(cnn21.fold_metrics.columns) == ["learning_rate", "fold", "accuracy"]
 
 
 def test_mlflow_dataset_logs_child_runs_and_parent_metrics(tmp_path, monkeypatch):

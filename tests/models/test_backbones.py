@@ -20,12 +20,13 @@ from osteo_pipeline.models.backbones import (
 )
 
 # Smallest inputs each family takes: the graphs are the real ones, the arithmetic is tiny.
-SIZES = {"vgg16": 32, "vgg19": 32, "resnet50": 32, "inceptionv3": 75}
+SIZES = {"vgg16": 32, "vgg19": 32, "resnet50": 32, "inceptionv3": 75, "densenet121": 32}
 PREPROCESS = {
     "vgg16": keras.applications.vgg16.preprocess_input,
     "vgg19": keras.applications.vgg19.preprocess_input,
     "resnet50": keras.applications.resnet50.preprocess_input,
     "inceptionv3": keras.applications.inception_v3.preprocess_input,
+    "densenet121": keras.applications.densenet.preprocess_input,
 }
 
 
@@ -64,6 +65,7 @@ def test_block_boundaries_name_the_backbone_output_then_the_unfrozen_blocks_inpu
     assert block_boundaries("resnet50", 1) == ("conv5_block3_out", "conv5_block2_out")
     assert block_boundaries("resnet50", 3) == ("conv5_block3_out", "conv4_block6_out")
     assert block_boundaries("inceptionv3", 2) == ("mixed10", "mixed8")
+    assert block_boundaries("densenet121", 1) == ("relu", "pool4_pool")
     with pytest.raises(ValueError, match="unfreeze_blocks"):
         block_boundaries("vgg16", 5)
     with pytest.raises(ValueError, match="unknown backbone"):

@@ -7,11 +7,12 @@ from typing import Any
 from .raw_bytes import RawBytesDataset
 from .raw_folder import RawFolderDataset
 
-__all__ = ["MlflowEvaluationDataset", "RawBytesDataset", "RawFolderDataset", "TrainedModelsDataset"]
+__all__ = ["KerasModelDataset", "MlflowEvaluationDataset", "RawBytesDataset", "RawFolderDataset", "SklearnModelDataset"]
 
 # Imported on first use: they pull in TensorFlow / MLflow, which ingest never needs.
 _LAZY = {
-    "TrainedModelsDataset": ".trained_models",
+    "KerasModelDataset": ".model_files",
+    "SklearnModelDataset": ".model_files",
     "MlflowEvaluationDataset": ".mlflow_evaluation",
 }
 

@@ -10,6 +10,7 @@ two inputs (image + clinical covariates) are handled by ``_fusion_inputs`` alone
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +20,46 @@ import pandas as pd
 
 from osteo_pipeline.core.labels import LabelScheme
 from osteo_pipeline.core.leakage import LeakageError, assert_patients_disjoint
+from osteo_pipeline.training.metrics import EPOCH_METRICS
 
 FAMILIES = ("cnn21", "transfer", "classical", "fusion")
+logger = logging.getLogger(__name__)
+
+REFERENCE = "cnn21"  # the study's own model (train_cnn21); every other model is a baseline
 TEST_PARTITION = "test"
+
+
+def declared_families(train_baselines: Mapping[str, Any]) -> dict[str, str]:
+    """Every model of the study -> its family, in report order: CNN21, then each block of the
+    ``train_baselines`` parameters that has a ``family`` (the one declaration of the baselines)."""
+    families = {REFERENCE: "cnn21"}
+    for name, block in train_baselines.items():
+        if isinstance(block, Mapping) and "family" in block:
+            if block["family"] not in FAMILIES[1:]:
+                raise ValueError(f"train_baselines.{name}: unknown family {block['family']!r}; use one of {FAMILIES[1:]}")
+            families[str(name)] = str(block["family"])
+    return families
+
+
+def model_artifacts(name: str, family: str) -> dict[str, str]:
+    """The catalog datasets evaluate reads for one model (its training pipeline's outputs)."""
+    if family == "cnn21":
+        return {what: f"cnn21_{what}" for what in ("model", "final_fit", "cv_summary", "fold_metrics")}
+    model = f"{name}.sklearn_model" if family == "classical" else f"{name}.model"
+    return {"model": model, **{what: f"{name}.{what}" for what in ("final_fit", "cv_summary", "fold_metrics", "baseline_info")}}
+
+
+@dataclass(frozen=True)
+class NotTrained:
+    """What evaluate gets for a model artifact that no run has saved yet (the model is then missing)."""
+
+    dataset: str
 
 
 @dataclass
 class TrainedModel:
-    """One trained model and the reports its training stage wrote (latest saved versions)."""
+    """One trained model and the reports its training stage wrote (latest saved versions, as the
+    catalog loads them)."""
 
     name: str
     family: str  # one of FAMILIES
@@ -36,7 +69,6 @@ class TrainedModel:
     fold_metrics: pd.DataFrame | None = None
     baseline_info: dict[str, Any] | None = None
     history: dict[str, list[float]] | None = None  # final fit, per epoch: loss, val_loss, ...
-    versions: dict[str, str] = field(default_factory=dict)  # artefact -> saved version
 
     @property
     def class_names(self) -> list[str]:
@@ -68,20 +100,6 @@ class TrainedModel:
         else:
             rows = table
         return rows.sort_values("fold").reset_index(drop=True)
-
-
-@dataclass
-class ModelCollection:
-    """The trained models found (``models``, in report order) and the expected ones that are not
-    (``missing``: name -> why), as ``datasets.TrainedModelsDataset`` loads them."""
-
-    models: dict[str, TrainedModel]
-    missing: dict[str, str] = field(default_factory=dict)
-    families: dict[str, str] = field(default_factory=dict)  # every expected model -> family, report order
-
-    @property
-    def expected(self) -> list[str]:
-        return list(self.families) or list(self.models)
 
 
 @dataclass(frozen=True)
@@ -233,3 +251,33 @@ def predictions_table(model_name: str, test: TestSet, proba: np.ndarray) -> pd.D
 
 def proba_columns(class_names: Sequence[str]) -> list[str]:
     return [f"p_{c}" for c in class_names]
+
+
+# ------------------------------------------------------------------------------------ history
+
+# Per-epoch metrics of a final-fit MLflow run (training.tracking.MlflowEpochLogger).
+HISTORY_KEYS = (*EPOCH_METRICS, *(f"val_{m}" for m in EPOCH_METRICS))
+
+
+def mlflow_history(run_id: str | None, keys: Sequence[str] = HISTORY_KEYS) -> dict[str, list[float]] | None:
+    """Per-epoch metric histories of an MLflow run (tracking URI as configured); None if unavailable.
+
+    The loop logs the restored best weights' sklearn ``val_*`` once more after the last epoch;
+    that extra point is dropped so every curve has one value per epoch.
+    """
+    if not run_id:
+        return None
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        history = {}
+        for key in keys:
+            points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
+            if points:
+                history[key] = [float(m.value) for m in points]
+    except Exception as error:  # noqa: BLE001 - a missing store or run only costs the curves
+        logger.info("no training history for MLflow run %s (%s)", run_id, error)
+        return None
+    epochs = len(history.get("loss", []))
+    return {k: v[:epochs] for k, v in history.items()} if epochs else None

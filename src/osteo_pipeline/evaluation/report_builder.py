@@ -363,7 +363,7 @@ def mlflow_record(
             "params": {"model": model, "family": status["families"].get(model), "label_scheme": label_scheme,
                        "n_test_scans": m["n_scans"], "n_test_patients": m["n_patients"],
                        "bootstrap_n_boot": m["bootstrap"]["n_boot"], "pretrained": status["pretrained"].get(model)},
-            "tags": {"model_versions": status["versions"].get(model, {})},
+            "tags": {"training_run_id": str(status["training_runs"].get(model) or "")},
         }
         parent.update({f"{model}.{k}": v for k, v in metrics.items() if "_ci_lo" not in k and "_ci_hi" not in k})
     parent["evaluate.n_models"] = len(test_metrics)

@@ -29,6 +29,7 @@ HEAD_LAYERS = ("head_pool", "head_dense", "head_dropout", "class_probs")
 _OWN_LAYERS = {RESIZE_LAYER, PREPROCESS_LAYER, *HEAD_LAYERS}
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode "caffe"
+_TORCH_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # mode "torch" (DenseNet), on [0, 1] RGB
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class BackboneSpec:
     """A ``keras.applications`` family and where it can be cut."""
 
     constructor: Callable[..., keras.Model]
-    preprocessing: str  # "caffe" (RGB->BGR, minus ImageNet mean) or "tf" (scale to [-1, 1])
+    preprocessing: str  # "caffe" (RGB->BGR, minus ImageNet mean), "tf" (scale to [-1, 1]) or "torch" (ImageNet mean/std)
     blocks: tuple[str, ...]  # block output layers, bottom to top; the last is the backbone output
     weights_file: str  # the no-top ImageNet file keras.applications caches under ~/.keras/models
     min_size: int
@@ -63,6 +64,12 @@ BACKBONES: dict[str, BackboneSpec] = {
         keras.applications.InceptionV3, "tf", tuple(f"mixed{i}" for i in range(11)),
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", 75,
     ),
+    # Not in the papers and not trained by default: declare a `densenet121` block (family
+    # transfer) in parameters_train_baselines.yml to add it to the study.
+    "densenet121": BackboneSpec(
+        keras.applications.DenseNet121, "torch", ("pool1", "pool2_pool", "pool3_pool", "pool4_pool", "relu"),
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", 32,
+    ),
 }
 
 
@@ -86,6 +93,10 @@ def preprocessing_layer(mode: str) -> layers.Conv2D:
     elif mode == "tf":
         kernel = (2.0 * np.eye(3, dtype=np.float32)).reshape(1, 1, 3, 3)
         bias = -np.ones(3, dtype=np.float32)
+    elif mode == "torch":
+        mean, std = (np.asarray(v, dtype=np.float32) for v in _TORCH_MEAN_STD)
+        kernel = np.diag(1.0 / std).astype(np.float32).reshape(1, 1, 3, 3)
+        bias = -mean / std
     else:
         raise ValueError(f"unknown preprocessing mode {mode!r}")
     return layers.Conv2D(

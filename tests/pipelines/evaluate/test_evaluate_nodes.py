@@ -12,7 +12,7 @@ from scipy import stats as sps
 from evaluate_kit import SIZE, fake_cohort, tiny_image_model
 from osteo_pipeline.core.metrics import classification_metrics
 from osteo_pipeline.evaluation.stats import delong_test, holm, mcnemar_exact
-from osteo_pipeline.evaluation.models import ModelCollection, TrainedModel
+from osteo_pipeline.evaluation.models import NotTrained, TrainedModel, model_artifacts
 from osteo_pipeline.core.leakage import LeakageError
 from osteo_pipeline.pipelines.evaluate import nodes
 
@@ -43,7 +43,20 @@ def _folds(name: str, accuracy: list[float], auc: list[float], n_val: int = 4) -
 def _model(name, family, net, accuracy, auc, **extra) -> TrainedModel:
     return TrainedModel(name, family, net, {"class_names": CLASSES, "val_patients": ["p00"]},
                         cv_summary={"best_learning_rate": 1e-3, "data_fingerprint": FINGERPRINT},
-                        fold_metrics=_folds(name, accuracy, auc), versions={"model": "v1", "final_fit": "v1"}, **extra)
+                        fold_metrics=_folds(name, accuracy, auc), **extra)
+
+
+def _check(models: dict[str, TrainedModel], families: dict[str, str], test, params=PARAMS):
+    """``check_models`` as the pipeline calls it: every declared model's catalog entries, a
+    ``NotTrained`` stand-in for those of a model no run saved (as the before-run hook gives)."""
+    artifacts = {}
+    for name, family in families.items():
+        for what, dataset in model_artifacts(name, family).items():
+            model = models.get(name)
+            value = NotTrained(dataset) if model is None else (model.model if what == "model" else getattr(model, what))
+            artifacts[f"{name}__{what}"] = NotTrained(dataset) if value is None and what != "model" else value
+    blocks = {name: {"family": family} for name, family in families.items() if family != "cnn21"}
+    return nodes.check_models(FINGERPRINT, test, "binary", params, blocks, **artifacts)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +70,7 @@ def setup():
         "resnet50": _model("resnet50", "transfer", tiny_image_model(2 * SIZE, seed=3), [.75, .8, .8, .7, .7], [.85, .9, .9, .8, .8],
                            baseline_info={"pretrained": True}),
     }
-    collection = ModelCollection(models=dict(models), missing={"svm": "not trained yet"},
-                                 families={"cnn21": "cnn21", "vgg16": "transfer", "resnet50": "transfer", "svm": "classical"})
-    usable, status = nodes.check_models(collection, models["cnn21"].final_fit, FINGERPRINT, test, "binary", PARAMS)
+    usable, status = _check(models, {"cnn21": "cnn21", "vgg16": "transfer", "resnet50": "transfer", "svm": "classical"}, test)
     predictions = nodes.predict_test_set(usable, test, PARAMS)
     metrics = nodes.compute_test_metrics(predictions, "binary", PARAMS, 7)
     comparison = nodes.compare_models(predictions, usable, "binary", PARAMS, 7)
@@ -72,7 +83,8 @@ def setup():
 
 def test_status_lists_evaluated_missing_and_pretraining(setup):
     status = setup["status"]
-    assert status["evaluated"] == ["cnn21", "vgg16", "resnet50"] and status["missing"] == {"svm": "not trained yet"}
+    assert status["evaluated"] == ["cnn21", "vgg16", "resnet50"]
+    assert status["missing"] == {"svm": "not trained yet (no saved svm.sklearn_model or svm.final_fit)"}
     assert status["pretrained"] == {"cnn21": None, "vgg16": False, "resnet50": True}
     assert status["families"]["svm"] == "classical"
     assert any("WITHOUT ImageNet" in w for w in status["warnings"]["vgg16"])
@@ -86,19 +98,19 @@ def test_stale_or_other_scheme_models_are_left_out_and_a_leak_stops_the_run(setu
     three.final_fit["class_names"] = ["normal", "osteopenia", "osteoporosis"]
     unverified = _model("svm", "classical", None, [.5] * 5, [.5] * 5)
     del unverified.cv_summary["data_fingerprint"]
-    collection = ModelCollection({"cnn21": models["cnn21"], "vgg16": stale, "resnet50": three, "svm": unverified})
-    usable, status = nodes.check_models(collection, models["cnn21"].final_fit, FINGERPRINT, test, "binary", PARAMS)
+    families = {"cnn21": "cnn21", "vgg16": "transfer", "resnet50": "transfer", "svm": "classical"}
+    usable, status = _check({"cnn21": models["cnn21"], "vgg16": stale, "resnet50": three, "svm": unverified}, families, test)
     assert list(usable) == ["cnn21", "svm"]
     assert "data fingerprint differs" in status["excluded"]["vgg16"] and "train_baselines" in status["excluded"]["vgg16"]
     assert "classes" in status["excluded"]["resnet50"]
     assert any("not verified" in w for w in status["warnings"]["svm"])
     # the reference model itself unusable: nothing to compare against
     with pytest.raises(ValueError, match="reference model cnn21"):
-        nodes.check_models(ModelCollection({"cnn21": stale}), {}, FINGERPRINT, test, "binary", {**PARAMS, "reference_model": "cnn21"})
+        _check({"cnn21": stale}, {"cnn21": "cnn21"}, test, {**PARAMS, "reference_model": "cnn21"})
     leaky = _model("cnn21", "cnn21", None, [.5] * 5, [.5] * 5)
     leaky.final_fit["val_patients"] = [test.patient_ids[0]]
     with pytest.raises(LeakageError):
-        nodes.check_models(ModelCollection({"cnn21": leaky}), leaky.final_fit, FINGERPRINT, test, "binary", PARAMS)
+        _check({"cnn21": leaky}, {"cnn21": "cnn21"}, test)
 
 
 # ---------------------------------------------------------------- predictions and metrics
@@ -296,7 +308,7 @@ def test_three_class_run_reports_macro_and_per_class_figures():
     comparison = nodes.compare_models(predictions, models, "three_class", PARAMS, 0)
     assert comparison["test"]["auc_difference"]["vgg16"]["test"] == "patient-bootstrap AUC difference"
     status = {"expected": ["cnn21", "vgg16"], "evaluated": ["cnn21", "vgg16"], "missing": {}, "excluded": {},
-              "warnings": {}, "pretrained": {"vgg16": True}, "families": {"cnn21": "cnn21", "vgg16": "transfer"}, "versions": {}}
+              "warnings": {}, "pretrained": {"vgg16": True}, "families": {"cnn21": "cnn21", "vgg16": "transfer"}, "training_runs": {}}
     md, *_ = nodes.build_report(test, status, metrics, comparison, {}, {}, FINGERPRINT, table, "three_class", PARAMS, PAPER)
     assert "### Per class (one-vs-rest)" in md and "| cnn21 | osteopenia |" in md
     assert "one-vs-rest macro ROC-AUC" in md and "this run is three-class, so they are not comparable" in md

@@ -111,22 +111,23 @@ def test_the_notebook_runs_on_the_test_scale_project(project, monkeypatch):
 # ---------------------------------------------------------------- ordering (no run)
 
 
-@pytest.mark.filterwarnings("ignore:One or more dataset names contain")
-def test_evaluate_waits_for_the_training_it_is_combined_with():
+def test_evaluate_reads_every_declared_model_through_the_catalog():
+    """The graph orders evaluate after training: check_models reads each declared model's own
+    entries (no collection dataset), and a partial run leaves the baselines' entries as free inputs."""
     from kedro.framework.project import configure_project
 
-    from osteo_pipeline.pipelines import evaluate, train_baselines, train_cnn21
+    from osteo_pipeline.pipelines import evaluate, train_cnn21
 
     configure_project("osteo_pipeline")
-    baselines = train_baselines.create_pipeline()
     alone = evaluate.create_pipeline()
-    assert {"trained_models", "cnn21_final_fit"} <= alone.inputs()
-    assert not {n for n in alone.inputs() if n.endswith(".final_fit")}  # alone: baselines optional
-    combined = train_cnn21.create_pipeline() + baselines + evaluate.create_pipeline(after=baselines)
-    order = [n.name for n in combined.nodes]
-    finals = [n.name for n in combined.nodes if any(o.endswith("final_fit") for o in n.outputs)]
-    assert len(finals) == 1 + len(evaluate.pipeline.training_outputs(baselines))
-    assert max(order.index(f) for f in finals) < order.index("check_models")
+    assert {"cnn21_model", "cnn21_final_fit", "vgg16.model", "svm.sklearn_model", "fusion.final_fit"} <= alone.inputs()
+    assert "trained_models" not in alone.inputs()
+    assert evaluate.pipeline.optional_model_inputs() >= {"vgg16.model", "svm.sklearn_model", "fusion.baseline_info"}
+    assert not {"cnn21_model", "cnn21_final_fit"} & evaluate.pipeline.optional_model_inputs()
+    partial = train_cnn21.create_pipeline() + alone
+    order = [n.name for n in partial.nodes]
+    assert order.index("fit_final_cnn21") < order.index("check_models")
+    assert "vgg16.model" in partial.inputs()  # not made here: the before-run hook stands in for it
 
 
 def test_default_pipeline_runs_evaluate_after_every_training():
@@ -139,3 +140,37 @@ def test_default_pipeline_runs_evaluate_after_every_training():
     order = [n.name for n in default.nodes]
     finals = [n.name for n in default.nodes if any(o.endswith("final_fit") for o in n.outputs)]
     assert max(order.index(f) for f in finals) < order.index("check_models")
+
+
+# ---------------------------------------------------------------- one declaration per model
+
+
+def test_a_fifth_backbone_is_one_yaml_block(project, tmp_path):
+    """Issue 13's acceptance: a transfer backbone keras.applications has (DenseNet121, in the
+    backbones table but not in the study) joins the study by one block in the project's
+    declaration, nothing else: trained by the transfer template under its own namespace, its files
+    from the dataset factories, read by evaluate, in the report's tables and comparisons."""
+    root = tmp_path / "project"
+    shutil.copytree(project["root"], root)
+    declaration = root / "conf" / "base" / "parameters_train_baselines.yml"
+    declaration.write_text(declaration.read_text() + (
+        "  densenet121:\n"
+        "    name: densenet121\n"
+        "    family: transfer\n"
+        "    backbone: densenet121\n"
+        "    unfreeze_blocks: 1\n"
+        "    registered_model_name: osteo-densenet121\n"
+    ))
+    run_kedro(root, ["train_baselines"], namespaces=["densenet121"])
+    run_kedro(root, ["evaluate"])
+    reporting = root / "data" / "08_reporting"
+    summary = json.loads(latest(reporting / "evaluation_summary.json").read_text())
+    assert summary["models"]["evaluated"] == ["cnn21", "densenet121"]
+    assert summary["models"]["families"]["densenet121"] == "transfer"
+    assert "densenet121" not in summary["models"]["missing"] and "vgg16" in summary["models"]["missing"]
+    assert summary["models"]["expected"][-1] == "densenet121"  # the declaration's order
+    assert list(summary["comparison"]["test"]["mcnemar"]) == ["densenet121"]
+    assert (root / "data" / "06_models" / "densenet121.keras").is_dir()
+    md = (reporting / "report.md").read_text()
+    assert "| densenet121 | transfer | evaluated |" in md
+    assert md.count("densenet121") >= 4  # models, Table 5, comparisons, CV summary

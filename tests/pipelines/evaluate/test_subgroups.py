@@ -84,7 +84,7 @@ def test_report_section_and_mlflow_names(data):
     comparison = {"reference": "cnn21", "baselines": ["vgg16"], "cv": {}, "cv_summary": {},
                   "test": {"mcnemar": {}, "auc_difference": {}}}
     status = {"expected": ["cnn21", "vgg16"], "evaluated": ["cnn21", "vgg16"], "missing": {}, "excluded": {},
-              "warnings": {}, "pretrained": {}, "families": {"cnn21": "cnn21", "vgg16": "transfer"}, "versions": {}}
+              "warnings": {}, "pretrained": {}, "families": {"cnn21": "cnn21", "vgg16": "transfer"}, "training_runs": {}}
     paper = {"label": "paper", "table5_percent": {}, "figure7_auc": {}, "test_set": "", "significance": ""}
     table = test.manifest.assign(partition="test")
     fingerprint = {"views": {"studied": ["AP", "lateral"], "n_split_by_view": {"AP": 48, "lateral": 12},

@@ -18,10 +18,13 @@ from PIL import Image
 from osteo_pipeline.core.labels import LabelScheme
 from osteo_pipeline.core.metrics import classification_metrics, finite_or_none
 from osteo_pipeline.evaluation.models import (
-    ModelCollection,
+    NotTrained,
     TestSet,
     TrainedModel,
     assert_not_trained_on,
+    declared_families,
+    mlflow_history,
+    model_artifacts,
     predict_proba,
     predictions_table,
     proba_columns,
@@ -53,30 +56,59 @@ def select_test_scans(
 # ----------------------------------------------------------------------------- which models
 
 
+def collect_models(families: dict[str, str], artifacts: dict[str, Any]) -> tuple[dict[str, TrainedModel], dict[str, str]]:
+    """The declared models whose model and final-fit report are saved, and why the others are missing.
+
+    ``artifacts`` holds ``<model>__<what>`` -> the loaded catalog dataset (``NotTrained`` where no
+    run saved it yet). Per-epoch curves come from the final fit's report, else its MLflow run.
+    """
+    models: dict[str, TrainedModel] = {}
+    missing: dict[str, str] = {}
+    for name, family in families.items():
+        got = {what: artifacts.get(f"{name}__{what}") for what in model_artifacts(name, family)}
+        absent = [got[what].dataset for what in ("model", "final_fit") if isinstance(got[what], NotTrained)]
+        if absent:
+            missing[name] = f"not trained yet (no saved {' or '.join(absent)})"
+            continue
+        present = {what: (None if isinstance(value, NotTrained) else value) for what, value in got.items()}
+        final_fit = present["final_fit"] or {}
+        history = final_fit.get("history")
+        if history is None and family != "classical":
+            history = mlflow_history(final_fit.get("mlflow_run_id"))
+        models[name] = TrainedModel(
+            name=name, family=family, model=present["model"], final_fit=final_fit,
+            cv_summary=present["cv_summary"] or {}, fold_metrics=present["fold_metrics"],
+            baseline_info=present.get("baseline_info"), history=history,
+        )
+    return models, missing
+
+
 def check_models(
-    trained_models: ModelCollection,
-    cnn21_final_fit: dict[str, Any],
     data_fingerprint: dict[str, Any],
     test_set: TestSet,
     label_scheme: str,
     params: dict[str, Any],
-    *trained_after: Any,
+    train_baselines: dict[str, Any],
+    **artifacts: Any,
 ) -> tuple[dict[str, TrainedModel], dict[str, Any]]:
     """The models fit to evaluate, and a status saying which were evaluated, missing or left out.
 
-    Left out (with the reason): a model trained on other data or another split (its data
-    fingerprint differs: its "test" scans may be training scans) or on another label scheme.
-    A test patient among a model's early-stopping patients is a leak and stops the run.
-    ``trained_after`` only orders this node after training in a combined run (``create_pipeline``).
+    ``artifacts``: every declared model's catalog entries (``collect_models``); the declaration
+    (``train_baselines``) gives the report's order. Left out (with the reason): a model trained on
+    other data or another split (its data fingerprint differs: its "test" scans may be training
+    scans) or on another label scheme. A test patient among a model's early-stopping patients is a
+    leak and stops the run.
     """
+    families = declared_families(train_baselines)
+    trained, missing = collect_models(families, artifacts)
     reference = params["reference_model"]
     classes = list(LabelScheme.of(label_scheme).classes)
     usable: dict[str, TrainedModel] = {}
     status: dict[str, Any] = {
-        "expected": list(trained_models.expected), "evaluated": [], "missing": dict(trained_models.missing),
-        "excluded": {}, "warnings": {}, "pretrained": {}, "families": dict(trained_models.families), "versions": {},
+        "expected": list(families), "evaluated": [], "missing": missing,
+        "excluded": {}, "warnings": {}, "pretrained": {}, "families": dict(families), "training_runs": {},
     }
-    for name, model in trained_models.models.items():
+    for name, model in trained.items():
         notes = list(model.warnings)
         trained_on = model.cv_summary.get("data_fingerprint")
         if model.class_names != classes:
@@ -89,19 +121,14 @@ def check_models(
         else:
             if not trained_on:
                 notes.append("its reports carry no data fingerprint: that it was trained on this split is not verified")
-            if len(set(model.versions.values())) > 1:
-                notes.append(f"its latest model and reports come from different runs: {model.versions}")
             assert_not_trained_on(model, test_set)
             usable[name] = model
         status["warnings"][name] = notes
         status["pretrained"][name] = model.pretrained
-        status["families"][name] = model.family
-        status["versions"][name] = model.versions
+        status["training_runs"][name] = model.final_fit.get("mlflow_run_id")  # the final fit's MLflow run
     if reference not in usable:
         why = status["excluded"].get(reference) or status["missing"].get(reference, "not found")
         raise ValueError(f"the reference model {reference} cannot be evaluated: {why}")
-    if cnn21_final_fit.get("mlflow_run_id") != usable[reference].final_fit.get("mlflow_run_id"):
-        status["warnings"][reference].append("cnn21_final_fit and the collected CNN21 report differ (another run saved meanwhile?)")
     status["evaluated"] = list(usable)
     for name in status["missing"]:
         logger.warning("evaluate: %s is missing (%s)", name, status["missing"][name])

@@ -1,11 +1,9 @@
 """Wiring of evaluate (prerequisite: `kedro run --pipelines=train_cnn21`; baselines are optional).
 
-The trained models come in through one collection dataset (``trained_models``), so a run after
-``train_cnn21`` alone evaluates CNN21 alone. ``cnn21_final_fit`` is also a declared input: it
-orders evaluate after train_cnn21 in a combined run, and the before-run hook names train_cnn21
-when it is missing. Kedro orders nodes by datasets only, so a combined run that also trains
-baselines must say so: ``create_pipeline(after=<training pipeline>)`` makes the first node wait
-for that pipeline's ``*final_fit`` outputs (pipeline_registry does it for ``__default__``).
+``check_models`` reads every declared model (``declared_models``: CNN21 and the baselines of
+parameters_train_baselines.yml) through its training pipeline's own catalog entries, so the graph
+orders evaluate after training and kedro-viz draws each model into it. A baseline no run has
+trained yet is reported as missing: the before-run hook gives its entries a ``NotTrained`` stand-in.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
+from osteo_pipeline.evaluation.models import REFERENCE, model_artifacts
+from osteo_pipeline.pipelines.declared_models import declared_models
 from osteo_pipeline.pipelines.evaluate.nodes import (
     build_report,
     check_models,
@@ -37,28 +37,35 @@ FIGURE_OUTPUTS = [
 ]
 
 
-def training_outputs(after: Pipeline | None) -> list[str]:
-    """The final-fit reports of ``after`` that evaluate must wait for (ordering only)."""
-    if after is None:
-        return []
-    return sorted(n for n in after.all_outputs() if n.split(".")[-1].endswith("final_fit") and n != "cnn21_final_fit")
+def model_inputs() -> dict[str, str]:
+    """``check_models``' keyword -> catalog dataset, for every artifact of every declared model."""
+    return {f"{name}__{what}": dataset for name, family in declared_models().items()
+            for what, dataset in model_artifacts(name, family).items()}
 
 
-def _check_models_node(after: Pipeline | None) -> Node:
+def optional_model_inputs() -> set[str]:
+    """What evaluate runs without: every artifact but the reference model's file and final-fit
+    report (a baseline without them is reported as missing; reports that are absent are empty)."""
+    required = {f"{REFERENCE}__model", f"{REFERENCE}__final_fit"}
+    return {dataset for key, dataset in model_inputs().items() if key not in required}
+
+
+def _check_models_node() -> Node:
     with warnings.catch_warnings():
-        # The baselines' namespaced outputs (`vgg16.final_fit`) are named on purpose: they only
-        # order this node, so Kedro's warning about dotted names in a plain node is noise here.
+        # The baselines' namespaced outputs (`vgg16.model`) are named on purpose: this plain node
+        # reads every model, so Kedro's warning about dotted names in it is noise here.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
         return Node(
             check_models,
-            inputs=["trained_models", "cnn21_final_fit", "data_fingerprint", "evaluation_test_set",
-                    "params:label_scheme", "params:evaluate", *training_outputs(after)],
+            inputs={"data_fingerprint": "data_fingerprint", "test_set": "evaluation_test_set",
+                    "label_scheme": "params:label_scheme", "params": "params:evaluate",
+                    "train_baselines": "params:train_baselines", **model_inputs()},
             outputs=["evaluation_models", "evaluation_model_status"],
             name="check_models",
         )
 
 
-def create_pipeline(after: Pipeline | None = None, **kwargs: Any) -> Pipeline:
+def create_pipeline(**kwargs: Any) -> Pipeline:
     return Pipeline(
         [
             Node(
@@ -67,7 +74,7 @@ def create_pipeline(after: Pipeline | None = None, **kwargs: Any) -> Pipeline:
                 outputs="evaluation_test_set",
                 name="select_test_scans",
             ),
-            _check_models_node(after),
+            _check_models_node(),
             Node(
                 predict_test_set,
                 inputs=["evaluation_models", "evaluation_test_set", "params:evaluate"],

@@ -1,16 +1,17 @@
-"""Wiring of train_baselines: each family's template, once per model namespace.
+"""Wiring of train_baselines: each declared baseline is its family's template under its own namespace.
 
-``kedro run --pipelines=train_baselines`` runs all seven; ``--namespaces=vgg16`` one of them.
-Outputs are ``<model>.fold_metrics``, ``<model>.model``, ... (dataset factories in
-conf/base/catalog_train_baselines.yml); inputs shared by every namespace keep their names.
+The baselines are the blocks of ``train_baselines`` (conf/base/parameters_train_baselines.yml)
+that have a ``family``; ``kedro run --pipelines=train_baselines`` trains them all,
+``--namespaces=vgg16`` one. Outputs are ``<model>.fold_metrics``, ``<model>.model``, ... (dataset
+factories in conf/base/catalog_train_baselines.yml); inputs shared by every namespace keep their names.
 """
 
 from kedro.pipeline import Pipeline
 
+from osteo_pipeline.pipelines.declared_models import declared_models
 from osteo_pipeline.pipelines.train_baselines import classical, fusion, transfer
 
-TRANSFER_MODELS = ("vgg16", "vgg19", "resnet50", "inceptionv3")
-CLASSICAL_MODELS = ("svm", "random_forest")
+TEMPLATES = {"transfer": transfer.create_pipeline, "classical": classical.create_pipeline, "fusion": fusion.create_pipeline}
 
 
 def _instance(template: Pipeline, model: str) -> Pipeline:
@@ -29,11 +30,5 @@ def _instance(template: Pipeline, model: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return sum(
-        [
-            *(_instance(transfer.create_pipeline(), m) for m in TRANSFER_MODELS),
-            *(_instance(classical.create_pipeline(), m) for m in CLASSICAL_MODELS),
-            _instance(fusion.create_pipeline(), "fusion"),
-        ],
-        Pipeline([]),
-    )
+    baselines = {name: family for name, family in declared_models().items() if family in TEMPLATES}
+    return sum((_instance(TEMPLATES[family](), name) for name, family in baselines.items()), Pipeline([]))

@@ -31,7 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 fit_final_classical_model,
                 inputs=["training_set", "data_fingerprint", "cv_summary", *_SETTINGS],
-                outputs=["model", "final_fit", "baseline_info"],
+                outputs=["sklearn_model", "final_fit", "baseline_info"],
                 name="fit_final",
             ),
         ]
