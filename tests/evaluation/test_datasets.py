@@ -3,7 +3,6 @@ MLflow evaluation dataset."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import keras
 import numpy as np
