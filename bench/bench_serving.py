@@ -242,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, help="project folder (default: build a test-scale one)")
     parser.add_argument("--tracking-uri", help="default: sqlite:///<project>/mlflow.db")
-    parser.add_argument("--model-uri", default="models:/osteo-cnn21/latest")
+    parser.add_argument("--model-uri", default="models:/osteo-cnn21@champion")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests", type=int, nargs="+", default=[200, 200, 200], help="per client level")
     parser.add_argument("--scans-per-class", type=int, default=4, help="full-size scans generated per class")

@@ -61,6 +61,15 @@ def served_project(prepared_project: Path, tmp_path_factory) -> dict:
     # A store of its own: the copied one's experiment keeps its artifacts in the shared project.
     (root / "mlflow.db").unlink(missing_ok=True)
     run_kedro(root, ["roi_resize", "train_cnn21"], params=PARAMS)
+    # evaluate would make it champion (tests/pipelines/evaluate/test_model_registry.py); serving and
+    # `osteo predict` default to the champion
+    import mlflow
+
+    from osteo_pipeline.serving.registry import CHAMPION, PROJECT_TAG, PROJECT_TAG_VALUE
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client.set_registered_model_tag("osteo-cnn21", PROJECT_TAG, PROJECT_TAG_VALUE)
+    client.set_registered_model_alias("osteo-cnn21", CHAMPION, "1")
 
     data = root / "data"
     network = TensorFlowModelDataset(filepath=str(data / "06_models/cnn21.keras"), version=Version(None, None)).load()

@@ -5,24 +5,41 @@ registered pipelines: change the template or conf/base/airflow.yml and regenerat
 
 - `check_new_scans` asks `osteo_pipeline.rerun` whether the raw scans changed since the last
   manifest (or an earlier run left outputs behind). If not, it ends as *skipped* and so does
-  every task after it: a scheduled run with no new scans writes nothing.
+  every task after it: a scheduled run with no new scans writes nothing, not even an MLflow run.
+  Otherwise it opens the DAG run's MLflow parent run (`airflow <dag_id> <run_id>`, tagged
+  `airflow.dag_id`, `airflow.run_id`, `env`, `pipeline_names`, `rerun.reason`) and returns its id.
 - Every other task runs one group of Kedro nodes, `KedroSession.run(node_names=...)`: nodes
-  joined by in-memory datasets stay in one task, each baseline model is one task.
+  joined by in-memory datasets stay in one task, each baseline model is one task. Each starts
+  that parent run before its session, so kedro-mlflow logs into it (parameters, metrics, the
+  training's child runs) instead of opening a run of its own: one DAG run is one MLflow row,
+  comparable with the next week's. Each task tags it `kedro.session.<task_id>` (its save version).
+- `end_mlflow_run`, a teardown, ends that run once every task is done: FINISHED, or FAILED when a
+  task failed (tag `airflow.failed_tasks`); child runs a killed task left RUNNING end KILLED. It then
+  fails itself, which fails the DAG run (as its only leaf, on_failure_fail_dagrun, it decides it).
 - Tasks run in the project's own virtualenv (ExternalPythonOperator), so the Airflow
   installation needs neither Kedro nor TensorFlow, and its pins never meet the project's.
+
+DAG params (defaults below; `airflow dags trigger osteo-pipeline --conf '{"env": "test",
+"runtime_params": {"split.n_folds": 2}}'` overrides them for one run):
+  env             the Kedro environment (default: the one the DAG was generated for)
+  runtime_params  `kedro run --params` as a JSON object; dotted keys nest, as on the command line.
+                  Only plain values (numbers, short tokens) reach MLflow's tags, as for `kedro run`.
 
 Environment of the Airflow workers:
   OSTEO_PIPELINE_PROJECT  the project folder (default: two folders above this file)
   OSTEO_PIPELINE_PYTHON   its interpreter (default: <project>/.venv/bin/python)
+  MLFLOW_TRACKING_URI     read by conf/base/mlflow.yml, e.g. a shared tracking server
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 PROJECT_PATH = os.environ.get("OSTEO_PIPELINE_PROJECT") or str(Path(__file__).resolve().parents[2])
 PROJECT_PYTHON = os.environ.get("OSTEO_PIPELINE_PYTHON") or str(Path(PROJECT_PATH) / ".venv" / "bin" / "python")
@@ -30,35 +47,152 @@ KEDRO_ENV = "local"
 PIPELINE = "__default__"
 NOTHING_TO_DO = 99  # exit code of check_new_scans when no scan changed: Airflow marks the task skipped
 
+# Rendered when each task starts (templated op_args), so a triggered run's --conf reaches every task.
+ENV = "{{ params.env }}"
+RUNTIME_PARAMS = "{{ params.runtime_params | kedro_params }}"
+MLFLOW_RUN = "{{ ti.xcom_pull(task_ids='check_new_scans') }}"  # the parent run's id ("None" without one)
+TASK_ID = "{{ ti.task_id }}"
+DAG_RUN = "{{ dag.dag_id }} {{ run_id }}"
+TASK_STATES = "{{ ti.get_task_states(dag_id=dag.dag_id, run_ids=[run_id]) | tojson }}"
+
+
+def kedro_params(values: dict[str, Any]) -> str:
+    """The ``runtime_params`` DAG param as JSON for the tasks, dotted keys nested as ``kedro run
+    --params split.n_folds=2`` nests them (Kedro would ignore a literal ``split.n_folds`` key)."""
+    nested: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        *parents, leaf = str(key).split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return json.dumps(nested)
+
 
 @task.external_python(task_id="check_new_scans", python=PROJECT_PYTHON, expect_airflow=False,
                       skip_on_exit_code=NOTHING_TO_DO)
-def check_new_scans(project_path: str, env: str, pipeline: str, nothing_to_do: int) -> None:
-    """Re-ingest in memory and compare with the last manifest (writes nothing); skip if unchanged."""
+def check_new_scans(project_path: str, env: str, pipeline: str, runtime_params: str, dag_run: str,
+                    nothing_to_do: int) -> str | None:
+    """Re-ingest in memory and compare with the last manifest (writes nothing); skip if unchanged.
+    Otherwise open (or, for a cleared and re-run gate, reopen) the DAG run's MLflow parent run."""
+    import json
     import os
     import sys
 
     os.chdir(project_path)  # the catalog's relative paths (data/...) and mlflow.db are the project's
     from osteo_pipeline.rerun import plan_for_project
 
-    plan = plan_for_project(project_path, env=env, pipelines=[pipeline])
+    params = json.loads(runtime_params)
+    plan = plan_for_project(project_path, env=env, pipelines=[pipeline], runtime_params=params)
     print(f"check_new_scans: {plan.reason}")
     if not plan.needed:
         sys.exit(nothing_to_do)
 
+    import mlflow
+    from kedro.framework.session import KedroSession
+
+    from osteo_pipeline.hooks import redact_run_params
+
+    # kedro-mlflow's own set-up (mlflow.yml: tracking URI, credentials, experiment) for this env.
+    with KedroSession.create(project_path=project_path, env=env, runtime_params=params) as session:
+        tracking = session.load_context().mlflow.tracking
+    if tracking.disable_tracking.pipelines and pipeline in tracking.disable_tracking.pipelines:
+        return None  # no MLflow for this pipeline: the tasks log nothing either
+    dag_id, run_id = dag_run.split(" ", 1)
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(tracking.experiment.name).experiment_id
+    same_dag_run = client.search_runs(
+        [experiment_id], f"tags.`airflow.dag_id` = '{dag_id}' and tags.`airflow.run_id` = '{run_id}'")
+    if same_dag_run:  # the gate was cleared and ran again: the DAG run keeps its one row
+        client.update_run(same_dag_run[0].info.run_id, "RUNNING")
+        return same_dag_run[0].info.run_id
+    tags = {"airflow.dag_id": dag_id, "airflow.run_id": run_id, "env": env, "pipeline_names": str([pipeline]),
+            "rerun.reason": plan.reason[:4000]}
+    if params:  # as RedactRunParamsHook writes them: no folder path reaches MLflow
+        tags["runtime_params"] = str(redact_run_params(params))
+    return client.create_run(experiment_id, tags=tags, run_name=f"airflow {dag_id} {run_id}").info.run_id
+
 
 @task.external_python(python=PROJECT_PYTHON, expect_airflow=False)
-def run_kedro_nodes(project_path: str, env: str, pipeline: str, node_names: list[str]) -> None:
-    """`kedro run --pipelines=<pipeline> --nodes=<node_names>` in the project folder."""
+def run_kedro_nodes(project_path: str, env: str, pipeline: str, node_names: list[str], runtime_params: str,
+                    mlflow_run: str, task_id: str) -> None:
+    """`kedro run --pipelines=<pipeline> --nodes=<node_names>` in the project folder, logging into
+    the DAG run's MLflow parent run ``mlflow_run``, which it leaves RUNNING for the next tasks."""
+    import json
     import os
 
     os.chdir(project_path)
+    import mlflow
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project_path)
-    with KedroSession.create(project_path=project_path, env=env) as session:
-        session.run(pipeline_names=[pipeline], node_names=node_names)
+    shared = mlflow_run not in ("", "None")
+    with KedroSession.create(project_path=project_path, env=env, runtime_params=json.loads(runtime_params)) as session:
+        if shared:
+            session.load_context()  # kedro-mlflow points mlflow at mlflow.yml's store and experiment
+            # Active before session.run: kedro-mlflow then logs into it and neither renames nor ends it.
+            mlflow.start_run(run_id=mlflow_run)
+            mlflow.set_tag(f"kedro.session.{task_id}", session.session_id)
+
+        def release(failed: bool) -> None:
+            """Close what is open here (the parent, pushed once per node, and any child run) and
+            set the parent RUNNING again: end_mlflow_run ends it, by the DAG run's outcome."""
+            while (active := mlflow.active_run()) is not None:
+                mlflow.end_run("FAILED" if failed and active.info.run_id != mlflow_run else "FINISHED")
+            mlflow.MlflowClient().update_run(mlflow_run, "RUNNING")
+
+        try:
+            session.run(pipeline_names=[pipeline], node_names=node_names)
+        except Exception:  # not on SIGTERM / Ctrl-C: runguard ends this process's runs KILLED at exit
+            if shared:
+                release(failed=True)
+            raise
+        if shared:
+            release(failed=False)
+
+
+@task.external_python(task_id="end_mlflow_run", python=PROJECT_PYTHON, expect_airflow=False)
+def end_mlflow_run(project_path: str, env: str, runtime_params: str, mlflow_run: str, task_states: str) -> None:
+    """End the DAG run's MLflow parent run: FAILED if a task failed, else FINISHED. Every task is
+    done, so a descendant run still RUNNING lost its process (killed, out of memory): KILLED."""
+    import json
+    import os
+
+    if mlflow_run in ("", "None"):
+        return
+    os.chdir(project_path)
+    import mlflow
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project_path)
+    with KedroSession.create(project_path=project_path, env=env, runtime_params=json.loads(runtime_params)) as session:
+        session.load_context()  # kedro-mlflow's tracking URI and credentials, as the tasks had them
+    states = {task: state for by_run in json.loads(task_states).values() for task, state in by_run.items()}
+    failed = sorted(task for task, state in states.items() if state == "failed")
+    broken = failed or any(state == "upstream_failed" for state in states.values())
+    client = mlflow.MlflowClient()
+    parent = client.get_run(mlflow_run)
+    todo = [mlflow_run]
+    while todo:
+        children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{todo.pop()}'",
+                                      max_results=10_000)
+        todo += [c.info.run_id for c in children]
+        for child in children:
+            if child.info.status == "RUNNING":
+                client.set_terminated(child.info.run_id, "KILLED")
+    # kedro-mlflow's tags of one task's session (the last to write them), misleading on the DAG's row:
+    # each task's session is under kedro.session.<task_id>.
+    for key in ("run_id", "node_names", "kedro_command"):
+        if key in parent.data.tags:
+            client.delete_tag(mlflow_run, key)
+    if failed:
+        client.set_tag(mlflow_run, "airflow.failed_tasks", ",".join(failed))
+    client.set_terminated(mlflow_run, "FAILED" if broken else "FINISHED")
+    print(f"end_mlflow_run: {mlflow_run} {'FAILED (' + ', '.join(failed) + ')' if broken else 'FINISHED'}")
+    if broken:  # with on_failure_fail_dagrun this teardown is the DAG run's only leaf: its state is the run's
+        raise RuntimeError(f"task(s) failed: {', '.join(failed)}")
 
 
 @dag(
@@ -69,6 +203,11 @@ def run_kedro_nodes(project_path: str, env: str, pipeline: str, node_names: list
     catchup=False,
     max_active_runs=1,
     tags=["kedro", "osteo_pipeline"],
+    params={
+        "env": Param(KEDRO_ENV, type="string", description="Kedro environment (conf/<env>)"),
+        "runtime_params": Param({}, type="object", description="kedro run --params, as a JSON object"),
+    },
+    user_defined_filters={"kedro_params": kedro_params},
     default_args=dict(
         owner="osteo_pipeline",
         depends_on_past=False,
@@ -79,63 +218,86 @@ def run_kedro_nodes(project_path: str, env: str, pipeline: str, node_names: list
     ),
 )
 def osteo_pipeline():
-    gate = check_new_scans(PROJECT_PATH, KEDRO_ENV, PIPELINE, NOTHING_TO_DO)
+    gate = check_new_scans(PROJECT_PATH, ENV, PIPELINE, RUNTIME_PARAMS, DAG_RUN, NOTHING_TO_DO)
     tasks = {
         "augmentation_policy": run_kedro_nodes.override(task_id="augmentation_policy")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["augmentation_policy"]
+            PROJECT_PATH, ENV, PIPELINE, ["augmentation_policy"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "ingest": run_kedro_nodes.override(task_id="ingest")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["index_scans", "build_manifest"]
+            PROJECT_PATH, ENV, PIPELINE, ["index_scans", "build_manifest"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "crop_and_resize": run_kedro_nodes.override(task_id="crop_and_resize")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["crop_and_resize"]
+            PROJECT_PATH, ENV, PIPELINE, ["crop_and_resize"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "split_patients": run_kedro_nodes.override(task_id="split_patients")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["split_patients"]
+            PROJECT_PATH, ENV, PIPELINE, ["split_patients"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "augmentation_preview": run_kedro_nodes.override(task_id="augmentation_preview")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["augmentation_preview"]
+            PROJECT_PATH, ENV, PIPELINE, ["augmentation_preview"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "class_weights": run_kedro_nodes.override(task_id="class_weights")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["class_weights"]
+            PROJECT_PATH, ENV, PIPELINE, ["class_weights"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "data_fingerprint": run_kedro_nodes.override(task_id="data_fingerprint")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["data_fingerprint"]
+            PROJECT_PATH, ENV, PIPELINE, ["data_fingerprint"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "fusion": run_kedro_nodes.override(task_id="fusion")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["fusion.select_training_scans", "fusion.prepare_covariates", "fusion.cross_validate", "fusion.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["fusion.select_training_scans", "fusion.prepare_covariates", "fusion.cross_validate", "fusion.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "inceptionv3": run_kedro_nodes.override(task_id="inceptionv3")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["inceptionv3.select_training_scans", "inceptionv3.cache_frozen_activations", "inceptionv3.cross_validate", "inceptionv3.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["inceptionv3.select_training_scans", "inceptionv3.cache_frozen_activations", "inceptionv3.cross_validate", "inceptionv3.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "random_forest": run_kedro_nodes.override(task_id="random_forest")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["random_forest.select_training_scans", "random_forest.extract_features", "random_forest.cross_validate", "random_forest.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["random_forest.select_training_scans", "random_forest.extract_features", "random_forest.cross_validate", "random_forest.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "resnet50": run_kedro_nodes.override(task_id="resnet50")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["resnet50.select_training_scans", "resnet50.cache_frozen_activations", "resnet50.cross_validate", "resnet50.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["resnet50.select_training_scans", "resnet50.cache_frozen_activations", "resnet50.cross_validate", "resnet50.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "roi_contact_sheet": run_kedro_nodes.override(task_id="roi_contact_sheet")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["roi_contact_sheet"]
+            PROJECT_PATH, ENV, PIPELINE, ["roi_contact_sheet"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "roi_review": run_kedro_nodes.override(task_id="roi_review")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["roi_review"]
+            PROJECT_PATH, ENV, PIPELINE, ["roi_review"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "train_cnn21": run_kedro_nodes.override(task_id="train_cnn21")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["select_cnn21_training_scans", "cross_validate_cnn21", "fit_final_cnn21"]
+            PROJECT_PATH, ENV, PIPELINE, ["select_cnn21_training_scans", "cross_validate_cnn21", "fit_final_cnn21"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "evaluate": run_kedro_nodes.override(task_id="evaluate")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["select_test_scans", "check_models", "predict_test_set", "compare_models", "compute_subgroup_metrics", "compute_test_metrics", "explain_predictions", "plot_figures", "build_report", "report_figure_files"]
+            PROJECT_PATH, ENV, PIPELINE, ["select_test_scans", "check_models", "predict_test_set", "compare_models", "compute_subgroup_metrics", "compute_test_metrics", "explain_predictions", "update_model_registry", "plot_figures", "build_report", "report_figure_files"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "svm": run_kedro_nodes.override(task_id="svm")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["svm.select_training_scans", "svm.extract_features", "svm.cross_validate", "svm.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["svm.select_training_scans", "svm.extract_features", "svm.cross_validate", "svm.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "vgg16": run_kedro_nodes.override(task_id="vgg16")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["vgg16.select_training_scans", "vgg16.cache_frozen_activations", "vgg16.cross_validate", "vgg16.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["vgg16.select_training_scans", "vgg16.cache_frozen_activations", "vgg16.cross_validate", "vgg16.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
         "vgg19": run_kedro_nodes.override(task_id="vgg19")(
-            PROJECT_PATH, KEDRO_ENV, PIPELINE, ["vgg19.select_training_scans", "vgg19.cache_frozen_activations", "vgg19.cross_validate", "vgg19.fit_final"]
+            PROJECT_PATH, ENV, PIPELINE, ["vgg19.select_training_scans", "vgg19.cache_frozen_activations", "vgg19.cross_validate", "vgg19.fit_final"],
+            RUNTIME_PARAMS, MLFLOW_RUN, TASK_ID,
         ),
     }
+    # A teardown: runs when every task is done, whatever their outcome (skipped with the gate). It
+    # fails when a task failed, and also when it could not end the MLflow run (one left RUNNING should show).
+    # retries=0: its failure for a failed task is deliberate, and retry_delay would only hold the run back.
+    end = end_mlflow_run.override(retries=0)(PROJECT_PATH, ENV, RUNTIME_PARAMS, MLFLOW_RUN, TASK_STATES)
+    list(tasks.values()) >> end.as_teardown(setups=gate, on_failure_fail_dagrun=True)
     gate >> tasks["augmentation_policy"]
     gate >> tasks["ingest"]
     tasks["ingest"] >> tasks["crop_and_resize"]

@@ -1,7 +1,9 @@
-"""The ``osteo`` command line: ``osteo predict SCAN... [--model URI] [--gradcam] [--json]``.
+"""The ``osteo`` command line: ``osteo predict SCAN... [--model URI] [--gradcam] [--json]``,
+``osteo champion`` (the project champion's model URI) and ``osteo locate``.
 
-It loads a registered model (``serving.model.ScanClassifier``: the pipeline's own decoding, ROI
-crop and resize in front of the network) and prints the label and class probabilities per scan.
+``osteo predict`` loads a registered model, by default the project's champion that evaluate
+chose (``serving.model.ScanClassifier``: the pipeline's own decoding, ROI crop and resize in
+front of the network), and prints the label and class probabilities per scan.
 A scan that cannot be read gets its own error line; the others are still classified, and the
 exit code is 1 when any scan failed.
 """
@@ -16,7 +18,9 @@ from typing import Any
 
 import click
 
-DEFAULT_MODEL = "models:/osteo-cnn21/latest"
+# The project's champion (``serving.registry``): the registered model evaluate chose by the rule of
+# ``evaluate.registry``, as ``models:/<name>@champion``; never "latest", which is merely the newest.
+DEFAULT_MODEL = "champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # conf/base/mlflow.yml's default: the project's store
 GRADCAM_SUFFIX = ".gradcam.png"
 _MIN_OVERLAY_SIDE = 300  # model inputs are 150 px: enlarge the overlay so it can be read
@@ -82,9 +86,26 @@ def unreadable_model_message(model_uri: str, error: BaseException) -> str:
             "Re-register the model (e.g. `kedro run --pipelines=train_cnn21`) or pick another version with --model.")
 
 
+def resolve_model_uri(model_uri: str, tracking_uri: str) -> str:
+    """``model_uri`` itself, or for ``champion`` the project champion's ``models:/<name>@champion``."""
+    if model_uri != DEFAULT_MODEL:
+        return model_uri
+    _check_store(tracking_uri, "models:/")
+    import mlflow
+
+    from osteo_pipeline.serving.registry import NoChampionError, project_champion
+
+    try:
+        return project_champion(mlflow.MlflowClient(tracking_uri=tracking_uri))
+    except NoChampionError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def load_classifier(model_uri: str, tracking_uri: str) -> Any:
-    """The ``ScanClassifier`` behind ``model_uri``; a ``ClickException`` saying what went wrong."""
+    """The ``ScanClassifier`` behind ``model_uri`` (``champion``: the project's champion); a
+    ``ClickException`` saying what went wrong."""
     _check_store(tracking_uri, model_uri)  # before the slow imports (TensorFlow)
+    model_uri = resolve_model_uri(model_uri, tracking_uri)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -172,7 +193,8 @@ def main() -> None:
 @main.command()
 @click.argument("scans", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model_uri", default=DEFAULT_MODEL, show_default=True,
-              help="MLflow model URI: models:/<name>/<version|latest>, runs:/<run>/model or a local folder.")
+              help="`champion` (the registered model evaluate chose, see `osteo champion`), or an MLflow model URI: "
+                   "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run>/model or a local folder.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=DEFAULT_TRACKING_URI, show_default=True,
               help="MLflow store holding the model [env MLFLOW_TRACKING_URI].")
 @click.option("--gradcam", is_flag=True, help="Also write a Grad-CAM overlay beside each scan (<scan>.gradcam.png).")
@@ -195,6 +217,15 @@ def predict(scans: tuple[Path, ...], model_uri: str, tracking_uri: str, gradcam:
         click.echo(f"osteo predict: {r.scan}: {r.error}", err=True)
     if failed:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=DEFAULT_TRACKING_URI, show_default=True,
+              help="MLflow store holding the models [env MLFLOW_TRACKING_URI].")
+def champion(tracking_uri: str) -> None:
+    """Print the project champion's model URI (models:/<name>@champion), e.g. for
+    `mlflow models serve -m "$(osteo champion)"`."""
+    click.echo(resolve_model_uri(DEFAULT_MODEL, tracking_uri))
 
 
 @main.command()

@@ -1,5 +1,6 @@
 """Project settings: config loader and hooks (kedro-mlflow registers its own hooks)."""
 
+import logging
 import warnings
 
 from kedro.config import OmegaConfigLoader
@@ -11,6 +12,18 @@ from osteo_pipeline.ingest_hooks import IngestReportHook
 # A warning nobody running this project can act on, printed four times on every command:
 # OmegaConf's register_new_resolver deprecation, raised inside Kedro and kedro-mlflow.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+# MLflow asks for type hints on kedro-mlflow's own model class when kedro-mlflow's CLI plugin loads
+# (every command, even `kedro --version`). MLflow raises it under its own "once" filter, which
+# overrides any warnings filter, so it is dropped where Kedro logs warnings: the py.warnings logger.
+logging.getLogger("py.warnings").addFilter(
+    lambda record: "Add type hints to the `predict` method" not in record.getMessage()
+)
+# Kedro validates `params:` inputs typed as dataclasses or pydantic models; this project's
+# parameters are plain dicts, so its hints are never used, yet Kedro warns about every node whose
+# hints name TensorFlow or matplotlib types imported only for type checking (kept lazy on purpose).
+logging.getLogger("kedro.validation.type_extractor").addFilter(
+    lambda record: not record.getMessage().startswith(("Could not extract type hints", "Union type hint"))
+)
 
 # A run whose inputs have not been made yet stops at once, naming the pipelines to run first;
 # a run that stops in ingest leaves a failed ingest_report.json, not the previous one.

@@ -118,3 +118,9 @@ def test_a_truncated_model_artifact_is_named(served_project: dict, scans: dict[s
     said = " ".join(done.stderr.split())
     assert f"its file {keras_file.relative_to(tmp_path)} is truncated or corrupt" in said, said[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_champion_prints_the_model_evaluate_chose(served_project: dict, tmp_path: Path):
+    done = osteo("champion", cwd=tmp_path, tracking_uri=served_project["tracking_uri"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "models:/osteo-cnn21@champion"  # what `mlflow models serve -m` takes

@@ -91,7 +91,7 @@ def _cohort_section(doc: Report, test_set: TestSet, ingest_report: dict[str, Any
     in_scheme = split_table[split_table["label"].isin(classes)]
     by_part = in_scheme.groupby(["partition", "label"]).size().unstack(fill_value=0).reindex(columns=classes, fill_value=0)
     doc.bullets([
-        f"Source: `{ingest_report.get('raw_dir', 'unknown')}` (layout: {ingest_report.get('layout', 'unknown')}); "
+        f"Source: {ingest_report.get('raw_dir', 'unknown')} (layout: {ingest_report.get('layout', 'unknown')}); "
         f"{counts.get('accepted', len(split_table))} scans accepted of {counts.get('scan_files', 'n/a')} scan files, "
         f"{counts.get('patients', split_table['patient_id'].nunique())} patients.",
         "Classes in the cohort: " + ", ".join(f"{c} {n}" for c, n in (counts.get("accepted_by_class") or {}).items()) + ".",

@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from osteo_pipeline.imaging.decode import ScanDecodeError
-from osteo_pipeline.imaging.preprocess import RoiChoice
+from osteo_pipeline.imaging.preprocess import RoiChoice, scale_images
+from osteo_pipeline.serving.packaging import SCAN_CLASSIFIER_CODE, package_code
 from osteo_pipeline.serving.preprocessing import ScanPreprocessing
-from osteo_pipeline.imaging.preprocess import scale_images
 
 KERAS_ARTIFACT = "keras_model"
 ENTRY = Path(__file__).with_name("entry.py")  # MLflow "models from code": the file that names the class
@@ -224,21 +225,27 @@ def log_scan_classifier(
     registered_model_name: str | None,
     pip_requirements: Sequence[str],
     metadata: dict[str, Any] | None = None,
-) -> str:
+) -> ModelInfo:
     """Log ``network`` behind the scan preprocessing as an MLflow pyfunc (models from code, the
-    Keras file as an artifact, the settings as model config), register it; return its URI."""
+    Keras file as an artifact, the settings as model config), register it; return its info.
+
+    Self-contained: the parts of this package it runs travel in its ``code/`` folder
+    (``packaging.SCAN_CLASSIFIER_CODE``) and ``pip_requirements`` name what they import, so it
+    serves from a fresh virtualenv built from its own requirements.
+    """
     if tuple(network.input_shape[1:3]) != (preprocessing.size, preprocessing.size):
         raise ValueError(f"model input {network.input_shape} does not match preprocessing size {preprocessing.size}")
     config = {"class_names": list(class_names), "preprocessing": preprocessing.to_dict(),
               "max_rows_per_request": MAX_ROWS_PER_REQUEST}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, package_code(SCAN_CLASSIFIER_CODE) as code_paths:
         keras_file = Path(tmp) / "model.keras"
         network.save(keras_file)
-        info = mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),
             artifacts={KERAS_ARTIFACT: str(keras_file)},
             model_config=config,
+            code_paths=code_paths,
             signature=signature(class_names),
             input_example=pd.DataFrame({"image": [phantom_scan_png()]}),
             registered_model_name=registered_model_name,
@@ -246,4 +253,3 @@ def log_scan_classifier(
             metadata={"class_names": list(class_names), "preprocessing": preprocessing.to_dict(),
                       "input": "raw scan bytes (PNG, JPEG, TIFF or DICOM)", **(metadata or {})},
         )
-    return info.model_uri

@@ -7,6 +7,7 @@ whatever run is active (or a top-level run when there is none, e.g. in a noteboo
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -24,11 +25,16 @@ import mlflow  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 import mlflow.tensorflow  # noqa: E402
 import numpy as np  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import Schema, TensorSpec  # noqa: E402
 
+from osteo_pipeline.serving.card import ModelCard, fingerprint_fields, write_card  # noqa: E402
+from osteo_pipeline.serving.packaging import CLASSICAL_CODE, FUSION_CODE, package_code, pinned  # noqa: E402
 from osteo_pipeline.training import runtime  # noqa: E402
 from osteo_pipeline.training.metrics import EPOCH_METRICS  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 _PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "mlflow", "kedro", "kedro-mlflow", "scikit-learn", "numpy", "pandas")
 
@@ -142,18 +148,27 @@ def log_training_curves(history: dict[str, Sequence[float]], title: str) -> None
     plt.close(fig)
 
 
+# What each kind of registered model imports, pinned from the running environment (MLflow's own
+# inference reloads the model in a subprocess, which costs tens of seconds per logged model).
+# ``tensorflow`` is the canonical distribution whichever one is installed (packaging.pinned).
+KERAS_REQUIREMENTS = ("tensorflow", "keras", "numpy")
+FUSION_REQUIREMENTS = (*KERAS_REQUIREMENTS, "pandas", "scikit-learn", "scipy")  # models/fusion.py's imports
+# serving + imaging: decoding (the pylibjpeg plugins: compressed DICOM), ROI detection (scipy),
+# the pyfunc and its scoring server (mlflow)
+SERVING_REQUIREMENTS = (*KERAS_REQUIREMENTS, "pandas", "scipy", "opencv-python-headless", "pillow", "pydicom",
+                        "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "mlflow")
+# models/classical.py's imports, and skops, the format MLflow saves the pipeline in
+CLASSICAL_REQUIREMENTS = ("scikit-learn", "numpy", "pandas", "scipy", "scikit-image", "skops")
+
+
 def _requirements() -> list[str]:
-    # Pinned from the running environment: MLflow's own inference reloads the model in a
-    # subprocess, which costs tens of seconds per logged model.
-    versions = package_versions()
-    tf_dist = "tensorflow" if "tensorflow" in versions else "tensorflow-cpu"
-    return [f"{name}=={versions[name]}" for name in (tf_dist, "keras", "numpy") if name in versions]
+    return pinned(KERAS_REQUIREMENTS)
 
 
 def _project_layers(model: keras.Model) -> dict[str, type]:
     """The project's own layer classes inside ``model`` (fusion's preprocessing), which MLflow must
-    be given to reload it; none for CNN21 and the transfer models, whose registry copies then
-    load without this package."""
+    be given to reload it (their module travels in the model's ``code/``); none for CNN21 and the
+    transfer models."""
     found: dict[str, type] = {}
     todo = list(model.layers)
     while todo:
@@ -166,16 +181,35 @@ def _project_layers(model: keras.Model) -> dict[str, type]:
 
 
 def _serving_requirements() -> list[str]:
-    """``_requirements`` plus what decodes and crops raw scans (``osteo_pipeline`` itself must be
-    installed where the model is served: its preprocessing is the pipeline's own code)."""
-    found = []
-    for name in ("pandas", "opencv-python-headless", "pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
-                 "pylibjpeg-openjpeg", "pylibjpeg-rle", "mlflow"):  # the pylibjpeg plugins: compressed DICOM
-        try:
-            found.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return _requirements() + found
+    """What the scan classifier's code (``serving``, ``imaging``) imports, pinned."""
+    return pinned(SERVING_REQUIREMENTS)
+
+
+def training_card(registered_model_name: str, class_names: Sequence[str], model_input: str) -> ModelCard:
+    """The card training can write: what the active (final-fit) run says of its data, label scheme
+    and backbone; evaluate completes it with the test metrics."""
+    card = ModelCard(model=registered_model_name.removeprefix("osteo-"), input=model_input, classes=list(class_names))
+    run = mlflow.active_run()
+    if run is None:
+        return card
+    data = mlflow.get_run(run.info.run_id).data
+    card.label_scheme = data.params.get("label_scheme")
+    card.data = fingerprint_fields({k.removeprefix("data."): v for k, v in data.tags.items() if k.startswith("data.")})
+    if data.tags.get("pretrained") in ("true", "false"):
+        card.pretrained = data.tags["pretrained"] == "true"
+    return card
+
+
+def register_card(info: Any, registered_model_name: str | None, card: ModelCard) -> None:
+    """Write ``card`` on the version ``info`` registered (a failure is logged, not raised: the
+    model is registered already, and evaluate rewrites the card)."""
+    version = getattr(info, "registered_model_version", None)
+    if not registered_model_name or version is None:
+        return
+    try:
+        write_card(mlflow.MlflowClient(), registered_model_name, version, card)
+    except MlflowException as error:
+        logger.warning("model card of %s version %s not written: %s", registered_model_name, version, error)
 
 
 def log_keras_model(
@@ -191,38 +225,48 @@ def log_keras_model(
     preprocesses them with the pipeline's own code (``serving.model``): the one ``mlflow models
     serve`` and ``osteo predict`` use. Otherwise, and for multi-input models (fusion), the plain
     Keras model is logged: input float32 images scaled to [0, 1], output one probability per
-    class, in ``class_names`` order.
+    class, in ``class_names`` order. Every registered version carries the project code it runs,
+    its pinned requirements and a model card (``serving.card``).
     """
     if preprocessing is not None and not isinstance(model.input_shape, list):
-        from osteo_pipeline.serving.model import log_scan_classifier  # imports training.data: not at module level
+        from osteo_pipeline.serving.model import log_scan_classifier
         from osteo_pipeline.serving.preprocessing import ScanPreprocessing
 
         settings = ScanPreprocessing.from_params(preprocessing, size=int(model.input_shape[1]))
-        return log_scan_classifier(model, class_names, settings, registered_model_name, _serving_requirements(),
+        card = training_card(registered_model_name or "", class_names, "raw scan bytes (PNG, JPEG, TIFF or DICOM)")
+        info = log_scan_classifier(model, class_names, settings, registered_model_name, _serving_requirements(),
                                    metadata={"preprocessing_code_commit": git_commit()})
+        register_card(info, registered_model_name, card)
+        return info.model_uri
     if isinstance(model.input_shape, list):  # several named inputs (fusion: image, covariates)
         shapes = {t.name: tuple(int(d) for d in t.shape[1:]) for t in model.inputs}
+        described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), name) for name, shape in shapes.items()])
         example: np.ndarray | dict[str, np.ndarray] = {n: np.zeros((1, *s), dtype=np.float32) for n, s in shapes.items()}
     else:
         input_shape = tuple(int(d) for d in model.input_shape[1:])
+        described = f"image {input_shape}"
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
         # A blank image, not a scan: patient pixels must not leave the data folders via the registry.
         example = np.zeros((1, *input_shape), dtype=np.float32)
     signature = ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(class_names)))]))
     custom_objects = _project_layers(model)
+    card = training_card(registered_model_name or "", class_names, f"float32 arrays, images scaled to [0, 1]: {described}")
     # The tensorflow flavour (it saves Keras 3 models as .keras): mlflow.keras 3.17 writes the
     # input example before creating the model folder and fails.
-    info = mlflow.tensorflow.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_model_name,
-        pip_requirements=_requirements(),
-        metadata={"class_names": list(class_names), "input_scaling": "uint8 / 255"},
-        custom_objects=custom_objects or None,
-    )
+    with package_code(FUSION_CODE if custom_objects else ()) as code_paths:
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model_name,
+            pip_requirements=pinned(FUSION_REQUIREMENTS if custom_objects else KERAS_REQUIREMENTS),
+            code_paths=code_paths if custom_objects else None,
+            metadata={"class_names": list(class_names), "input_scaling": "uint8 / 255"},
+            custom_objects=custom_objects or None,
+        )
+    register_card(info, registered_model_name, card)
     return info.model_uri
 
 
@@ -238,29 +282,27 @@ def log_sklearn_model(
     ``input_example`` fixes the input's dtype and shape (its values are not logged: a blank
     array stands in, so no patient data reaches the registry); output: one probability per class.
     ``trusted_types``: what the skops format must trust to reload the model (project functions,
-    sklearn internals), named one by one.
+    sklearn internals), named one by one; the project module they live in travels in ``code/``.
     """
     example = np.zeros((1, *input_example.shape[1:]), dtype=input_example.dtype)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]),
         outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, len(class_names)))]),
     )
-    versions = package_versions()
-    requirements = [f"{name}=={versions[name]}" for name in ("scikit-learn", "numpy", "pandas") if name in versions]
-    for name in ("scipy", "scikit-image"):  # the handcrafted features' own libraries
-        try:
-            requirements.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    info = mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_model_name,
-        pip_requirements=requirements,
-        pyfunc_predict_fn="predict_proba",
-        skops_trusted_types=list(trusted_types) or None,
-        metadata={"class_names": list(class_names), "input": f"{example.dtype} {tuple(example.shape[1:])}"},
-    )
+    shape = f"{example.dtype} {tuple(example.shape[1:])}"
+    card = training_card(registered_model_name or "", class_names, f"{shape} arrays (the model input images)")
+    with package_code(CLASSICAL_CODE) as code_paths:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model_name,
+            pip_requirements=pinned(CLASSICAL_REQUIREMENTS),
+            code_paths=code_paths,
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=list(trusted_types) or None,
+            metadata={"class_names": list(class_names), "input": shape},
+        )
+    register_card(info, registered_model_name, card)
     return info.model_uri

@@ -174,3 +174,17 @@ def test_a_fifth_backbone_is_one_yaml_block(project, tmp_path):
     md = (reporting / "report.md").read_text()
     assert "| densenet121 | transfer | evaluated |" in md
     assert md.count("densenet121") >= 4  # models, Table 5, comparisons, CV summary
+
+
+def test_report_html_renders_in_chromium(project, tmp_path):
+    """report.html is self-contained: opened from disk with nothing else reachable, every figure draws."""
+    from browser_kit import chromium_page, screenshot
+
+    report = project["root"] / "data" / "08_reporting" / "report.html"
+    with chromium_page() as page:
+        page.goto(report.as_uri())
+        images = page.locator("img")
+        assert images.count() == len(FIGURES)
+        widths = images.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        assert all(w > 0 for w in widths), widths  # decoded, not broken-image icons
+        screenshot(page, tmp_path, "report.png")

@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from osteo_pipeline.pipelines.ingest import create_pipeline
 from osteo_pipeline.pipelines.ingest.nodes import (
     MANIFEST_COLUMNS,
+    RAW_DIR_LABEL,
     ROI_COLUMNS,
     VIEW_COLUMNS,
     NoUsableScansError,
@@ -239,7 +240,7 @@ def test_all_bad_input_stops_with_one_clear_error(write_file, run_ingest, tmp_pa
     with pytest.raises(NoUsableScansError) as err:
         run_ingest()
     message = str(err.value)
-    assert message.startswith(f"0 usable scans among 4 files in {tmp_path / 'raw'}:")
+    assert message.startswith(f"0 usable scans among 4 files in {RAW_DIR_LABEL}:")
     for part in ("1 empty_file", "1 not_an_image", "1 corrupt", "1 non-scan files skipped",
                  "normal/ osteopenia/ osteoporosis/", "labels.csv", "file,label"):
         assert part in message
@@ -322,8 +323,8 @@ def test_pipeline_wiring():
 
 
 def test_parameters_resolve_run_time_overrides(load_params):
-    params = load_params({"raw_dir": "/scans", "patient_id_regex": r"^(\d+)_"})
-    assert params["ingest"]["raw_dir"] == "/scans"
+    params = load_params({"raw_dir": "/scans/Saint Example", "patient_id_regex": r"^(\d+)_"})
+    assert "/scans/Saint Example" not in str(params["ingest"])  # the catalog's folder: never an ingest parameter (MLflow logs those)
     assert params["patient_id_regex"] == r"^(\d+)_"
     defaults = load_params()
-    assert defaults["patient_id_regex"] is None and defaults["ingest"]["raw_dir"] == "data/01_raw"
+    assert defaults["patient_id_regex"] is None

@@ -11,7 +11,7 @@ import pytest
 
 from osteo_pipeline.datasets.pseudonym_key import PseudonymKeyDataset
 from osteo_pipeline.pipelines.ingest.nodes import EmptyClassError, TableError, pseudonymise
-from osteo_pipeline.pipelines.ingest.privacy import PUBLIC_KEY, file_ref, normalise_header, redact_paths
+from osteo_pipeline.pipelines.ingest.privacy import PUBLIC_KEY, normalise_header, redact_paths
 
 HOSPITAL_CSV = (
     "FileName,Label,PatientID,PatientName,PatientBirthDate,AccessionNumber,InstitutionName,Comments,"

@@ -49,7 +49,7 @@ def _said(run: subprocess.CompletedProcess) -> str:
 def hostile(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hostile")
     project = make_project(root / "proj")
-    raw = root / "scans"
+    raw = root / "Saint Example Hospital" / "scans"  # the folder's path names the site: never recorded
     for i, name in enumerate(["normal/2144650_study1_1.png", "normal/2144650_study2_1.png",
                               "osteoporosis/2144651_study1_1.png", "osteoporosis/2144651_study1_2.png",
                               "osteoporosis/2144653_é_1.png"]):

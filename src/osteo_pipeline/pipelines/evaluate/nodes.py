@@ -447,6 +447,39 @@ def report_figure_files(figures_base64: dict[str, str]) -> dict[str, Image.Image
     return {name: Image.open(io.BytesIO(base64.b64decode(png))) for name, png in figures_base64.items()}
 
 
+# ----------------------------------------------------------------------------- registry
+
+
+def update_model_registry(
+    models: dict[str, TrainedModel],
+    test_metrics: dict[str, Any],
+    data_fingerprint: dict[str, Any],
+    label_scheme: str,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """A model card (description and tags) on every evaluated model's registered version, and the
+    ``champion`` / ``challenger`` aliases by the rule of ``evaluate.registry``; what was done."""
+    from osteo_pipeline.evaluation import registry
+
+    rule = params["registry"]
+    pool = registry.candidates(test_metrics, {name: m.family for name, m in models.items()}, rule["metric"])
+    level = round(100 * (1 - float(params["bootstrap"]["alpha"])))
+    selection = registry.choose_champion(pool, rule, level)
+    cards = {name: registry.evaluated_card(models[name], test_metrics[name], data_fingerprint, label_scheme,
+                                           selection.reasons.get(name), int(params["small_sample"]["scans"]))
+             for name in test_metrics}
+    if not any(m.final_fit.get("registered_model_name") and m.final_fit.get("mlflow_run_id") for m in models.values()):
+        logger.warning("evaluate: no evaluated model was registered in MLflow (tracking off?): registry left alone")
+        return {"champion": None, "selection": selection.reasons, "versions": {}, "skipped": dict.fromkeys(models, "not registered")}
+    import mlflow
+
+    active = mlflow.active_run()
+    record = registry.publish(mlflow.MlflowClient(), {n: models[n] for n in test_metrics}, cards, selection, rule,
+                              active.info.run_id if active else None)
+    logger.info("evaluate: registry champion %s", record["champion"] or "none (no model passed the rule)")
+    return {**record, "selection": selection.reasons}
+
+
 # ----------------------------------------------------------------------------- report
 
 

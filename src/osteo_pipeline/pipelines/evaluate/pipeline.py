@@ -26,6 +26,7 @@ from osteo_pipeline.pipelines.evaluate.nodes import (
     predict_test_set,
     report_figure_files,
     select_test_scans,
+    update_model_registry,
 )
 
 FIGURE_OUTPUTS = [
@@ -117,6 +118,12 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
                 inputs="report_figures_base64",
                 outputs="report_figures",
                 name="report_figure_files",
+            ),
+            Node(
+                update_model_registry,
+                inputs=["evaluation_models", "test_metrics", "data_fingerprint", "params:label_scheme", "params:evaluate"],
+                outputs="registry_update",
+                name="update_model_registry",
             ),
             Node(
                 build_report,

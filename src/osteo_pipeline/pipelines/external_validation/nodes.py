@@ -67,7 +67,7 @@ class RegisteredModel:
 
 def label_external_ingest_report(report: dict[str, Any]) -> dict[str, Any]:
     """ingest's report of the external folder, saying which folder it read: ingest names
-    ``params:ingest.raw_dir`` (the training folder), and the external path is not recorded."""
+    the training folder's label, and the external path is not recorded."""
     return {**report, "raw_dir": EXTERNAL_DIR_LABEL}
 
 

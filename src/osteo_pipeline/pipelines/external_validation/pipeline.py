@@ -44,7 +44,7 @@ def external_data_pipeline() -> Pipeline:
         stages,
         namespace=NAMESPACE,
         inputs={"pseudonym_key"},  # the project's key: same patient id, same pseudonym
-        # ingest's report names params:ingest.raw_dir (the training folder); relabelled below
+        # ingest's report names the training folder; relabelled below
         outputs={"ingest_report": "external_ingest_report_draft"},
         parameters=shared,
     ) + Pipeline([Node(label_external_ingest_report, "external_ingest_report_draft", f"{NAMESPACE}.ingest_report",

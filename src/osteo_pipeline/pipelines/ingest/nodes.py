@@ -34,6 +34,8 @@ INDEX_COLUMNS = ["source", "status", "scan_id", "width", "height", "bit_depth", 
 MANIFEST_COLUMNS = ["scan_id", "file_ref", "patient_id", "label", "width", "height", "bit_depth", "format"]
 FILE_INDEX_COLUMNS = ["file_ref", "source", "status", "scan_id", "reason"]
 ROI_COLUMNS = ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]
+# What reports and logs say of the raw folder: never its path (it may name a site or a patient).
+RAW_DIR_LABEL = "the raw folder (data/01_raw, or the run-time parameter raw_dir; its path is not recorded)"
 # view: AP | lateral; view_source: table (the labels CSV's view column) | auto (imaging.view's classifier).
 VIEW_COLUMNS = ["view", "view_source"]
 PUBLIC_KEY_WARNING = (
@@ -76,7 +78,7 @@ def index_scans(raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any
     rows = []
     seen: dict[str, dict[str, Any]] = {}  # content hash -> outcome, so copies decode once
     for source in sorted(raw_scans):
-        if _is_expected_non_scan(source, params["skip_files"]):
+        if is_expected_non_scan(source, params["skip_files"]):
             rows.append({"source": source, "status": "skipped"})
             continue
         try:
@@ -164,7 +166,7 @@ def build_manifest(
     if roi is not None:
         _blank_invalid_boxes(manifest, roi_name, found["table_issues"])
     layout = {
-        "raw_dir": str(params.get("raw_dir", "")),
+        "raw_dir": RAW_DIR_LABEL,
         "layout": "labels_table" if table is not None else "class_folders",
         "label_table": table_name,
         "roi_table": roi_name if roi is not None else None,
@@ -184,7 +186,8 @@ def build_manifest(
 # ---------------------------------------------------------------------------- decoding
 
 
-def _is_expected_non_scan(source: str, patterns: list[str]) -> bool:
+def is_expected_non_scan(source: str, patterns: list[str]) -> bool:
+    """Hidden files and folders, and files matching ``skip_files``: skipped and counted, not errors."""
     path = PurePosixPath(source)
     if any(part.startswith(".") for part in path.parts):
         return True  # hidden files and folders (.gitkeep, .DS_Store, .ipynb_checkpoints)
@@ -663,7 +666,7 @@ def _nothing_usable_message(report: dict[str, Any], params: dict[str, Any]) -> s
     folders = " ".join(f"{c}/" for c in params["classes"])
     tables = " or ".join(params["label_tables"])
     return (
-        f"0 usable scans among {counts['files_seen']} files in {report['raw_dir'] or 'the raw folder'}: "
+        f"0 usable scans among {counts['files_seen']} files in {report['raw_dir']}: "
         f"{', '.join(found) or 'the folder is empty'}. "
         f"Expected class folders {folders} or a {tables} with columns file,label."
     )
