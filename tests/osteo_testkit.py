@@ -105,16 +105,29 @@ def project_catalog(project: Path, env: str = "test") -> Iterator[Any]:
         yield session.load_context().catalog
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports (Linux; the IANA range elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 49152, 65535
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 below 49152 (kedro-viz refuses the ephemeral range port 0 gives)."""
-    for port in random.Random().sample(range(20_000, 49_000), 50):
+    """A free TCP port on 127.0.0.1 outside the kernel's ephemeral range: a port picked there can be
+    taken, between the pick and the server's bind, by any client socket or Jupyter kernel of the
+    other test worker (uvicorn then exits with code 3). Below 49152 too: kedro-viz refuses above."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20_000, 49_000) if p not in ephemeral]
+    for port in random.Random().sample(candidates, 50):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free TCP port on 127.0.0.1 in 20000-49000")
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in 20000-49000 outside {ephemeral}")
 
 
 def http_status(url: str, timeout: float = 30) -> int:
@@ -146,7 +159,10 @@ def server_process(
         deadline = time.monotonic() + timeout_s
         while True:
             if server.poll() is not None:
-                pytest.fail(f"`{name}` exited with code {server.returncode}; its log ({log}):\n{log.read_text()[-3000:]}")
+                text = log.read_text(errors="replace")
+                errors = "\n".join([line for line in text.splitlines() if "rror" in line][:15])
+                pytest.fail(f"`{name}` exited with code {server.returncode}; its log's error lines:\n{errors}\n"
+                            f"its tail ({log}):\n{text[-3000:]}")
             try:
                 if http_status(ready_url, timeout=5) == 200:
                     break

@@ -75,8 +75,10 @@ def test_a_server_kernel_has_the_catalog_and_pipelines(lab):
                                        "session": uuid.uuid4().hex, "version": "5.3"},
                             "parent_header": {}, "metadata": {}, "channel": "shell",
                             "content": {"code": code, "silent": False}}))
-        out, status = [], None
-        while status is None:
+        # The reply (shell channel) may arrive before the printed text (iopub): read until the
+        # kernel reports idle for this request as well, as Jupyter's clients do.
+        out, status, idle = [], None, False
+        while status is None or not idle:
             message = json.loads(ws.recv())
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -87,6 +89,8 @@ def test_a_server_kernel_has_the_catalog_and_pipelines(lab):
                 pytest.fail("\n".join(message["content"]["traceback"]))
             elif kind == "execute_reply":
                 status = message["content"]["status"]
+            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                idle = True
         ws.close()
     finally:
         urllib.request.urlopen(urllib.request.Request(  # shut the kernel down (204, no body)

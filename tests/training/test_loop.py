@@ -28,8 +28,10 @@ def test_training_lowers_the_loss(inputs):
                        FitJob(idx, idx, learning_rate=1e-3, config=config, run_name="learns"))
     loss = result.history["loss"]
     assert len(loss) == 6
-    assert min(loss[-2:]) < 0.6 * loss[0], loss
-    assert result.metrics["val_accuracy"] > 0.8, result.metrics
+    # Six noisy epochs at batch 8: the last two must be well below the first, and the fit must
+    # separate the classes (a model that cannot learn stays near ln 2 = 0.69 and 50% accuracy).
+    assert min(loss[-2:]) < 0.8 * loss[0], loss
+    assert result.metrics["val_loss"] < 0.55 and result.metrics["val_accuracy"] > 0.8, result.metrics
 
 
 def test_summary_picks_the_best_mean_validation_auc():
