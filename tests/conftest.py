@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ import pandas as pd
 import pytest
 
 from osteo_testkit import TEST_COHORT, latest, make_project, run_kedro
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_restored() -> Iterator[None]:
+    """Each test leaves ``sys.path`` as it found it. Loading a registered model in-process puts its
+    ``code/`` folder (a partial ``osteo_pipeline``) first on ``sys.path`` (MLflow's code_paths);
+    a process pool spawned later in the same worker would import that partial copy and fail."""
+    import sys
+
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture(scope="session")

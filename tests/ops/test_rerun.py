@@ -345,3 +345,233 @@ def test_a_changed_roi_corrections_file_is_a_data_change(tmp_path):
     assert "invalid rows" in roi_corrections_change(catalog, params, manifest)  # the run stops and names the row
     (raw / "roi_corrections.csv").unlink()
     assert "1 withdrawn (f-a.png)" in roi_corrections_change(catalog, params, manifest)
+
+
+# ---------------------------------------------------------------------------- the raw-folder state
+# A small project ingested once by `rerun` itself (a run that saves a manifest records the raw
+# folder's state); its raw folder names a fake patient in a folder and in file names, as real
+# exports do (2144650_study1_1.png), so the state can be checked for names.
+FAKE_PATIENT = "DOE_JANE_1957"
+RAW_STATE = Path("data/02_intermediate/rerun_raw_state.json")
+
+
+@pytest.fixture(scope="module")
+def ingested_project(tmp_path_factory) -> Path:
+    from osteo_pipeline.cohort import generate_cohort
+    from osteo_pipeline.rerun import rerun
+    from osteo_testkit import make_project
+
+    root = make_project(tmp_path_factory.mktemp("raw_state") / "project")
+    raw = root / "data" / "01_raw"
+    generate_cohort(raw, seed=3, n_normal=3, n_osteoporosis=3, scale=0.25, repeat_patient_fraction=0.0, workers=1)
+    old = sorted((raw / "normal").glob("*.png"))[0].relative_to(raw).as_posix()
+    new = f"normal/{FAKE_PATIENT}/{FAKE_PATIENT}_scan1.png"
+    (raw / new).parent.mkdir()
+    (raw / old).rename(raw / new)
+    for table in ("clinical.csv", "roi.csv"):
+        (raw / table).write_text((raw / table).read_text().replace(old, new))
+    (raw / "normal" / f"{FAKE_PATIENT}_notes.txt").write_text("skipped by ingest, still part of the folder\n")
+    with in_project(root):
+        first = rerun(root, env="test", pipelines=["ingest"])
+    assert first.ran and "no manifest saved yet" in first.plan.reason
+    assert (root / RAW_STATE).is_file(), "the run that saved the manifest recorded no raw-folder state"
+    return root
+
+
+@pytest.fixture
+def project(ingested_project: Path, tmp_path: Path) -> Path:
+    """A copy of the ingested project (copied files: new ctimes, same bytes and mtimes)."""
+    root = tmp_path / "project"
+    shutil.copytree(ingested_project, root, symlinks=True)
+    return root
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """The scans ingest decodes from now on, in this process (a spy on its decoder)."""
+    from osteo_pipeline.pipelines.ingest import nodes
+
+    calls: list[str] = []
+    decode = nodes.decode_scan
+
+    def spy(data, name, **kwargs):
+        calls.append(name)
+        return decode(data, name=name, **kwargs)
+
+    monkeypatch.setattr(nodes, "decode_scan", spy)
+    return calls
+
+
+def plan(root: Path, pipelines=("ingest",), **kwargs):
+    from osteo_pipeline.rerun import plan_for_project
+
+    with in_project(root):
+        return plan_for_project(root, env="test", pipelines=list(pipelines), **kwargs)
+
+
+def test_nothing_new_is_answered_from_the_raw_folder_state_without_decoding(project, decoded):
+    copied = plan(project)  # the copy has new ctimes: same bytes by the content hashes, times recorded
+    assert (copied.needed, copied.raw_check) == (False, "content") and not decoded
+    state = json.loads((project / RAW_STATE).read_text())
+    fast = plan(project)
+    assert (fast.needed, fast.raw_check) == (False, "stat") and not decoded
+    assert "no new or changed scans: 6 scans" in fast.reason and "nothing to do" in fast.reason
+    assert fast.manifest_version == state["manifest_version"] == versions(
+        project, "data/02_intermediate/scan_manifest.parquet")[-1]
+    (project / RAW_STATE).unlink()  # no state (or a lost one): the full check, which records it again
+    full = plan(project)
+    assert (full.needed, full.raw_check) == (False, "ingest") and len(decoded) == 6
+    assert "raw folder unchanged" not in full.reason
+    assert json.loads((project / RAW_STATE).read_text()) == state
+    assert plan(project).raw_check == "stat" and len(decoded) == 6
+
+
+def test_touched_files_with_the_same_bytes_are_nothing_new_by_their_content_hashes(project, decoded):
+    assert plan(project).raw_check == "content"  # the copy's new ctimes
+    later = time.time() + 60
+    for path in (project / "data" / "01_raw").rglob("*"):
+        if path.is_file():
+            os.utime(path, (later, later))
+    touched = plan(project)
+    assert (touched.needed, touched.raw_check) == (False, "content") and not decoded
+    assert "same file contents" in touched.reason
+    assert plan(project).raw_check == "stat"  # the new times were recorded
+
+
+def _reencode_with_one_pixel_changed(source: Path, target: Path) -> None:
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.load()
+        pixels = image.copy()
+    x, y = pixels.width // 2, pixels.height // 2
+    value = pixels.getpixel((x, y))
+    pixels.putpixel((x, y), (value + 1) % 256 if isinstance(value, int) else tuple((v + 1) % 256 for v in value))
+    pixels.save(target)
+
+
+def _change_a_scan(raw: Path) -> None:
+    scan = sorted((raw / "osteoporosis").glob("*.png"))[0]
+    _reencode_with_one_pixel_changed(scan, scan)
+
+
+def _add_a_scan(raw: Path) -> None:
+    _reencode_with_one_pixel_changed(sorted((raw / "osteoporosis").glob("*.png"))[0], raw / "normal" / "NEW_1.png")
+
+
+def _move_a_scan_to_another_class(raw: Path) -> None:
+    scan = sorted((raw / "osteoporosis").glob("*.png"))[0]
+    scan.rename(raw / "normal" / scan.name)
+
+
+def _edit_the_clinical_export(raw: Path) -> None:
+    table = pd.read_csv(raw / "clinical.csv")
+    table.loc[0, "age"] = table.loc[0, "age"] + 1
+    table.to_csv(raw / "clinical.csv", index=False)
+
+
+@pytest.mark.parametrize("change", [_change_a_scan, _add_a_scan, _move_a_scan_to_another_class,
+                                    _edit_the_clinical_export], ids=lambda f: f.__name__.strip("_"))
+def test_changed_raw_files_plan_a_rerun_with_the_same_reasons_as_without_a_state(project, change):
+    assert plan(project).raw_check == "content"
+    state = (project / RAW_STATE).read_bytes()
+    change(project / "data" / "01_raw")
+    with_state = plan(project)
+    assert with_state.needed and with_state.raw_check == "ingest" and with_state.change
+    assert with_state.reason.startswith("raw scans changed since")
+    assert (project / RAW_STATE).read_bytes() == state  # a folder that does not give the manifest is not recorded
+    (project / RAW_STATE).unlink()
+    without = plan(project)
+    assert (without.reason, without.change) == (with_state.reason, with_state.change)
+    assert not (project / RAW_STATE).exists()
+
+
+def test_other_ingest_settings_are_not_answered_from_the_state(project, decoded):
+    assert plan(project).raw_check == "content"
+    other = plan(project, runtime_params={"ingest": {"degenerate": {"min_side": 17}}})
+    assert (other.needed, other.raw_check) == (False, "ingest") and len(decoded) == 6  # found by running ingest
+    assert plan(project).raw_check == "ingest"  # the state now holds the other settings
+    assert plan(project).raw_check == "stat" and len(decoded) == 12
+
+
+def test_stale_outputs_and_roi_corrections_are_checked_on_the_fast_path(project, decoded):
+    assert plan(project).raw_check == "content"
+    stale = plan(project, pipelines=["ingest", "roi_resize"])
+    assert stale.needed and stale.raw_check == "stat" and "missing or older than the manifest" in stale.reason
+    assert "model_input_150" in stale.stale and not decoded
+    # A saved roi_table that used no corrected box, then a person's correction dropped into the raw folder.
+    manifest = pd.read_parquet(load_version(project, "data/02_intermediate/scan_manifest.parquet",
+                                            stale.manifest_version))
+    ref = sorted(manifest.file_ref)[0]
+    pd.DataFrame({"file_ref": sorted(manifest.file_ref), "roi_source": "csv", "x0": 1, "y0": 1, "x1": 20,
+                  "y1": 30}).to_csv(project / "data/08_reporting/roi_table.csv", index=False)
+    (project / "data/01_raw/roi_corrections.csv").write_text(f"file_ref,x0,y0,x1,y1\n{ref},2,2,21,31\n")
+    full = plan(project, pipelines=["ingest", "roi_resize"])
+    assert full.raw_check == "ingest" and full.reason == f"ROI corrections in roi_corrections.csv changed: 1 new ({ref})"
+    fast = plan(project, pipelines=["ingest", "roi_resize"])  # the manifest still matched: the state was recorded
+    assert fast.raw_check == "stat" and fast.reason == full.reason
+    assert len(decoded) == 6  # once, by the full check
+
+
+def test_the_raw_folder_state_holds_no_raw_name(project):
+    plan(project)
+    raw = project / "data" / "01_raw"
+    text = (project / RAW_STATE).read_bytes().decode()
+    names = {p.relative_to(raw).as_posix() for p in raw.rglob("*")}
+    names |= {part for name in names for part in name.split("/")} | {Path(n).stem for n in names}
+    assert any(FAKE_PATIENT in n for n in names)
+    assert not [n for n in names if n in text] and FAKE_PATIENT.lower() not in text.lower()
+    state = json.loads(text)  # an allow-list: a version, digests and counts
+    assert set(state) == {"format", "manifest_version", "settings_sha256", "stat_sha256", "content_sha256",
+                          "n_files", "n_scans"}
+    assert all(len(state[k]) == 64 and int(state[k], 16) >= 0 for k in state if k.endswith("_sha256"))
+    assert (state["n_files"], state["n_scans"], state["format"]) == (9, 6, 1)  # 6 scans, 2 CSVs, the notes
+
+
+def test_latest_versions_from_the_catalog_config_are_kedros(project):
+    """``latest_version`` reads a declared versioned file's versions from its configuration, without
+    making the dataset (that would import its class: TensorFlow for a Keras model); Kedro's answer."""
+    from kedro.framework.startup import bootstrap_project
+    from kedro.io.core import AbstractVersionedDataset, VersionNotFoundError
+
+    from osteo_pipeline.rerun import _bare_context, latest_version
+
+    (project / "data/02_intermediate/scan_manifest.parquet/2099-01-01T00.00.00.000Z").mkdir()  # no file: no version
+    names = ("scan_manifest", "file_index", "ingest_report", "model_input_150", "cnn21_model", "evaluation_mlflow")
+    bootstrap_project(project)
+    with in_project(project):
+        by_config, by_kedro = {}, {}
+        for answers, catalog in ((by_config, _bare_context(project, "test", None).catalog),
+                                 (by_kedro, _bare_context(project, "test", None).catalog)):
+            for name in names:
+                try:
+                    if answers is by_config:
+                        answers[name] = latest_version(catalog, name)
+                    else:
+                        dataset = catalog.get(name)
+                        answers[name] = (dataset.resolve_load_version()
+                                         if isinstance(dataset, AbstractVersionedDataset) else None)
+                except VersionNotFoundError:
+                    answers[name] = "no version"
+            if answers is by_config:
+                assert not set(names) & set(catalog._datasets), "latest_version made datasets"
+    assert by_config == by_kedro
+    assert by_config["scan_manifest"] == versions(project, "data/02_intermediate/scan_manifest.parquet")[-2]
+    assert (by_config["model_input_150"], by_config["ingest_report"]) == ("no version", None)
+
+
+def test_make_rerun_with_nothing_new_imports_no_tensorflow_or_mlflow(project):
+    plan(project)  # records the copy's times
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "KEDRO_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # --pipelines ingest: nothing to do; every pipeline (--dry-run): every model's versions are looked up.
+    for args, said in ((["--pipelines", "ingest"], "nothing to do"), (["--dry-run"], "missing or older")):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "osteo_pipeline.rerun", "--env", "test", *args],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert said in done.stdout and "same file sizes and times" in done.stdout, done.stdout[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "osteo_pipeline.datasets.raw_folder" in imported  # -X importtime did list the imports
+        heavy = sorted(m for m in imported if m.split(".")[0] in {"tensorflow", "keras", "mlflow", "kedro_mlflow"})
+        assert not heavy, (args, heavy[:10])
