@@ -44,7 +44,7 @@ UV_VERSION := 0.13.9
 UV := $(VENV)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 # A machine with an NVIDIA driver gets the gpu extra (CUDA libraries), so a reinstall keeps them.
-EXTRAS ?= test notebook $(if $(shell command -v nvidia-smi),gpu)
+EXTRAS ?= test notebook dask $(if $(shell command -v nvidia-smi),gpu)
 
 $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --target $(VENV)/uv uv==$(UV_VERSION)

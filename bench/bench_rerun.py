@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import cpu_info  # this folder
+from benchkit import cpu_info, make_project  # this folder
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = 174  # `python -m osteo_pipeline.cohort --seed 42`: the paper's Table 2 cohort
@@ -72,22 +72,6 @@ def make_cohort(folder: Path, n: int, scale: float, workers: int, env: dict[str,
                     "--scale", str(scale), "--workers", str(workers), "--overwrite", *counts],
                    env=env, check=True, capture_output=True)
     return {"generated": True, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def make_project(root: Path, raw: Path) -> None:
-    """The repository's conf and pyproject with empty data folders (tests/osteo_testkit.make_project),
-    data/01_raw a link to the cohort."""
-    if root.exists():
-        shutil.rmtree(root)
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, root / name)
-    for layer in ("02_intermediate", "05_model_input", "06_models", "08_reporting"):
-        (root / "data" / layer).mkdir(parents=True)
-    (root / "data" / "01_raw").symlink_to(raw.resolve(), target_is_directory=True)
 
 
 def timed(command: list[str], root: Path, env: dict[str, str]) -> tuple[float, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,3 +61,22 @@ def make_cohort(out: Path, args: argparse.Namespace) -> dict:
                 "workers": args.workers, "lateral_fraction": args.lateral_fraction, "difficulty": args.difficulty}
     generate_cohort(out, **settings)
     return settings
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path, raw: Path) -> None:
+    """A bench project at ``root``: the repository's conf and pyproject with empty data folders
+    (as tests/osteo_testkit.make_project), data/01_raw a link to the cohort ``raw``."""
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, root / name)
+    for layer in ("02_intermediate", "05_model_input", "06_models", "08_reporting"):
+        (root / "data" / layer).mkdir(parents=True)
+    (root / "data" / "01_raw").symlink_to(raw.resolve(), target_is_directory=True)

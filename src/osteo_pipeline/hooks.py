@@ -4,6 +4,7 @@ another run holds the project; clean up after a killed run (``runguard``)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import pkgutil
 import re
@@ -12,7 +13,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
 
 import osteo_pipeline.pipelines
 from osteo_pipeline.datasets import RawFolderDataset
@@ -148,6 +149,7 @@ class RunGuardHook:
 
     def __init__(self) -> None:
         self._guard: Any = None
+        self._streamed: set[str] = set()
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog) -> None:
@@ -160,6 +162,9 @@ class RunGuardHook:
     @hook_impl(trylast=True)  # after kedro-mlflow has (re)opened its parent run for the node
     def before_node_run(self) -> None:
         if self._guard is not None:
+            for name in self._streamed:  # the generator node before this one saved its last chunk
+                self._guard.after_save(name)
+            self._streamed.clear()
             self._guard.seen_mlflow_run()
 
     @hook_impl
@@ -168,20 +173,29 @@ class RunGuardHook:
             self._guard.before_save(dataset_name)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str) -> None:
-        if self._guard is not None:
+    def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        if self._guard is None:
+            return
+        if inspect.isgeneratorfunction(node.func):
+            # A generator node (roi_resize's crop_and_resize) saves each output once per chunk, all
+            # into one version, and Kedro calls after_node_run before those saves: the version is
+            # half-written until the next node starts, so it stays tracked till then.
+            self._streamed.add(dataset_name)
+        else:
             self._guard.after_save(dataset_name)
 
     @hook_impl
     def after_pipeline_run(self) -> None:
+        self._streamed.clear()
         if self._guard is not None:
             self._guard.finish()
             self._guard = None
 
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
+        self._streamed.clear()
         if self._guard is not None:
-            self._guard.fail(error)
+            self._guard.fail(error)  # removes the versions still being written, a streamed one included
             self._guard = None
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from .raw_bytes import RawBytesDataset
 from .raw_folder import RawFolderDataset
+from .sharded_images import ShardedArrayDataset, ShardedImages
 
-__all__ = ["KerasModelDataset", "MlflowEvaluationDataset", "RawBytesDataset", "RawFolderDataset", "SklearnModelDataset"]
+__all__ = ["KerasModelDataset", "MlflowEvaluationDataset", "RawBytesDataset", "RawFolderDataset", "ShardedArrayDataset",
+           "ShardedImages", "SklearnModelDataset"]
 
 # Imported on first use: they pull in TensorFlow / MLflow, which ingest never needs.
 _LAZY = {

@@ -150,7 +150,8 @@ def select_test_set(
         missing = pd.Index(order).difference(ids)
         if len(missing):
             raise ValueError(f"{len(missing)} test scans are missing from model_input_{size}, e.g. {list(missing[:3])}")
-        images[int(size)] = np.asarray(model_input["images"])[position.loc[order].to_numpy()]
+        # Only the test rows are read (the model input may be a lazy, memory-mapped ShardedImages).
+        images[int(size)] = np.asarray(model_input["images"][position.loc[order].to_numpy()])
     rows = wanted.loc[order]
     manifest = scan_manifest.assign(scan_id=scan_manifest["scan_id"].astype(str)).drop_duplicates("scan_id")
     manifest = manifest.set_index("scan_id").reindex(pd.Index(order, name="scan_id")).reset_index()

@@ -66,7 +66,8 @@ def select_training_set(
     kept = rows[keep]
     test_ids = frozenset(table.index[table["partition"] == "test"].astype(str))
     training_set = TrainingSet(
-        images=np.asarray(model_input["images"])[keep],
+        # Only the kept rows are read: the model input may be a lazy, memory-mapped ShardedImages.
+        images=np.asarray(model_input["images"][keep]),
         labels=kept["label"].map(scheme.index()).to_numpy(dtype=np.int32),
         class_names=class_names,
         scan_ids=scan_ids[keep],

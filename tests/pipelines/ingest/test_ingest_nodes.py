@@ -317,7 +317,8 @@ def test_dicom_patient_tags_stay_out_of_manifest_report_and_logs(write_file, wri
 
 def test_pipeline_wiring():
     pipeline = create_pipeline()
-    assert pipeline.inputs() == {"raw_scans", "params:ingest", "params:patient_id_regex", "pseudonym_key"}
+    assert pipeline.inputs() == {"raw_scans", "params:ingest", "params:patient_id_regex", "pseudonym_key",
+                                 "params:workers", "params:dask_scheduler"}
     assert pipeline.outputs() == {"scan_manifest", "file_index", "ingest_report"}
     assert {n.name for n in pipeline.nodes} == {"index_scans", "build_manifest"}
 

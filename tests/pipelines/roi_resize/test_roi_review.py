@@ -14,6 +14,7 @@ from osteo_pipeline.imaging.preprocess import crop_resize, pad_to_square
 from osteo_pipeline.imaging.roi import detect_spine_roi_scored
 from osteo_pipeline.pipelines.roi_resize.nodes import (
     RoiCorrectionError,
+    collect_model_inputs,
     crop_and_resize,
     read_roi_corrections,
     roi_review,
@@ -21,7 +22,7 @@ from osteo_pipeline.pipelines.roi_resize.nodes import (
 from osteo_pipeline.serving.preprocessing import ScanPreprocessing, preprocessing_settings
 
 PARAMS = {"size_cnn21": 32, "size_baselines": 48, "use_roi_csv": True, "measure_auto_roi": False, "margin": 0.05,
-          "low_percentile": 1.0, "high_percentile": 99.0, "fit": "stretch",
+          "low_percentile": 1.0, "high_percentile": 99.0, "fit": "stretch", "shard_scans": 2,
           "corrections": {"file": "roi_corrections.csv", "on_invalid": "error"},
           "review": {"threshold": 0.5, "sheet_max": 4, "sheet_columns": 4, "thumb_height": 64}}
 
@@ -67,7 +68,7 @@ def test_confidence_is_high_on_a_spine_and_zero_without_one():
 
 
 def test_review_lists_fallbacks_with_reason_and_draws_the_weakest(folder):
-    table, small, large = crop_and_resize(folder["raw"], folder["manifest"], folder["index"], PARAMS, 10**8)
+    table, small, large = collect_model_inputs(crop_and_resize(folder["raw"], folder["manifest"], folder["index"], PARAMS, 10**8))
     assert list(table.roi_source) == ["auto", "auto", "whole"] and small["images"].shape == (3, 32, 32, 3)
     assert table.confidence.iloc[:2].min() >= 0.8 and table.confidence.iloc[2] == 0.0
     review, sheet = roi_review(table, folder["manifest"], folder["raw"], folder["index"], PARAMS["review"], 10**8)
@@ -83,12 +84,12 @@ def test_review_lists_fallbacks_with_reason_and_draws_the_weakest(folder):
 
 
 def test_corrected_boxes_win_and_round_trip_through_the_review(folder):
-    table, *_ = crop_and_resize(folder["raw"], folder["manifest"], folder["index"], PARAMS, 10**8)
+    table, *_ = collect_model_inputs(crop_and_resize(folder["raw"], folder["manifest"], folder["index"], PARAMS, 10**8))
     review, _ = roi_review(table, folder["manifest"], folder["raw"], folder["index"], PARAMS["review"], 10**8)
     plt.close("all")
     review[["x0", "y0", "x1", "y1"]] = [40, 30, 120, 210]  # the person draws the right box...
     raw = corrections(folder["raw"], review.to_csv(index=False))  # ...and passes the review back
-    table2, small2, _ = crop_and_resize(raw, folder["manifest"], folder["index"], PARAMS, 10**8)
+    table2, small2, _ = collect_model_inputs(crop_and_resize(raw, folder["manifest"], folder["index"], PARAMS, 10**8))
     row = table2.set_index("file_ref").loc["f-ffffff.png"]
     assert row.roi_source == "corrected" and (row.x0, row.y0, row.x1, row.y1) == (40, 30, 120, 210)
     assert list(table2.roi_source[:2]) == ["auto", "auto"]
@@ -119,7 +120,7 @@ def test_invalid_correction_rows_are_named_never_ignored(folder, row, why, caplo
 def test_a_bad_corrections_file_stops_the_run(folder):
     raw = corrections(folder["raw"], "file_ref,x0,y0,x1,y1\nf-aaaaaa.png,50,10,20,100\n")
     with pytest.raises(RoiCorrectionError, match="line 2"):
-        crop_and_resize(raw, folder["manifest"], folder["index"], PARAMS, 10**8)
+        collect_model_inputs(crop_and_resize(raw, folder["manifest"], folder["index"], PARAMS, 10**8))
 
 
 def test_pad_keeps_the_aspect_ratio_on_the_crop_border_grey():

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from osteo_pipeline.core.parallel import map_ordered, worker_count
 from osteo_pipeline.datasets.raw_bytes import RawReadError, os_reason
 from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
 from osteo_pipeline.imaging.quality import degenerate_reason
@@ -66,7 +67,10 @@ class EmptyClassError(IngestError):
 # ---------------------------------------------------------------------------- nodes
 
 
-def index_scans(raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any]) -> pd.DataFrame:
+def index_scans(
+    raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any], workers: int | None = 1,
+    dask_scheduler: str | None = None,
+) -> pd.DataFrame:
     """Decode every raw file once and keep only its metadata: one row per file.
 
     ``status`` is ``scan`` (decoded), ``skipped`` (expected non-scan file, never loaded)
@@ -74,31 +78,37 @@ def index_scans(raw_scans: dict[str, Callable[[], bytes]], params: dict[str, Any
     that do not decode, and ``degenerate`` images. ``scan_id`` is the content sha256.
     ``view_auto`` is the image classifier's view (AP or lateral) of each decoded scan.
     Exceptions that are not about a file (ImportError, MemoryError...) stop the run.
+    ``workers`` processes share the files (the parameter ``workers``; None: every CPU; 1, the
+    default for direct calls: this process), or the workers of the Dask scheduler ``dask_scheduler``
+    (the parameter ``dask_scheduler``); the rows do not depend on either.
     """
-    rows = []
-    seen: dict[str, dict[str, Any]] = {}  # content hash -> outcome, so copies decode once
-    for source in sorted(raw_scans):
-        if is_expected_non_scan(source, params["skip_files"]):
-            rows.append({"source": source, "status": "skipped"})
-            continue
-        try:
-            data = raw_scans[source]()
-        except RawReadError as err:  # the system refused this file or folder: a reported row
-            rows.append({"source": source, "status": "error", "reason": err.code, "detail": err.reason})
-            continue
-        except OSError as err:  # the same, from a loader other than RawBytesDataset
-            rows.append({"source": source, "status": "error", "reason": "unreadable", "detail": os_reason(err)})
-            continue
-        scan_id = hashlib.sha256(data).hexdigest()
-        if scan_id not in seen:
-            seen[scan_id] = _describe_scan(data, source, int(params["max_pixels"]), params["degenerate"],
-                                           params["view"]["classifier"])
-        del data  # pixels and bytes are dropped here; only metadata is kept
-        rows.append({"source": source, "scan_id": scan_id, **seen[scan_id]})
+    sources = sorted(raw_scans)
+    scans = [s for s in sources if not is_expected_non_scan(s, params["skip_files"])]
+    settings = (int(params["max_pixels"]), params["degenerate"], params["view"]["classifier"])
+    count = worker_count(workers)
+    # Each task returns a few fields, never pixels or bytes: memory does not grow with the folder.
+    described = dict(zip(scans, map_ordered(_index_one, [(s, raw_scans[s], settings) for s in scans], count,
+                                            window=4 * count, scheduler=dask_scheduler)))
+    rows = [{"source": s, "status": "skipped"} if s not in described else described[s] for s in sources]
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     for column in ("width", "height", "bit_depth"):
         index[column] = index[column].astype("Int64")
     return index
+
+
+def _index_one(task: tuple[str, Callable[[], bytes], tuple[int, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """One file's index row (run in a worker process). Identical copies are each decoded (no cache):
+    they are rare, and a shared cache across processes would cost more than it saves."""
+    source, load, (max_pixels, degenerate, view_classifier) = task
+    try:
+        data = load()
+    except RawReadError as err:  # the system refused this file or folder: a reported row
+        return {"source": source, "status": "error", "reason": err.code, "detail": err.reason}
+    except OSError as err:  # the same, from a loader other than RawBytesDataset
+        return {"source": source, "status": "error", "reason": "unreadable", "detail": os_reason(err)}
+    scan_id = hashlib.sha256(data).hexdigest()
+    return {"source": source, "scan_id": scan_id,
+            **_describe_scan(data, source, max_pixels, degenerate, view_classifier)}
 
 
 def build_manifest(

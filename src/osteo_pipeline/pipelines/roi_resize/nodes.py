@@ -6,13 +6,14 @@ import io
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from osteo_pipeline.core.parallel import map_ordered, worker_count
 from osteo_pipeline.imaging.decode import ScanDecodeError, decode_scan
 from osteo_pipeline.imaging.preprocess import box_iou, choose_roi, crop_resize
 from osteo_pipeline.imaging.roi import detect_spine_roi
@@ -141,7 +142,9 @@ def crop_and_resize(
     file_index: pd.DataFrame,
     params: dict[str, Any],
     max_pixels: int,
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    workers: int | None = 1,
+    dask_scheduler: str | None = None,
+) -> Iterator[tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Decode every manifest scan once, crop its ROI and resize it to both model input sizes.
 
     ``file_index`` (local-only) gives each scan's raw path from its ``file_ref``; the raw path is
@@ -150,60 +153,112 @@ def crop_and_resize(
     A corrections file in the raw folder (``params["corrections"]["file"]``, see
     :func:`read_roi_corrections`) gives boxes that win over every other (``roi_source`` ``corrected``).
 
-    Returns the ROI table (box used, its source, the automatic box's confidence, and its IoU
-    against a given one) and two ``{"scan_id", "images"}`` dicts of uint8 arrays. Arrays are
-    preallocated uint8: no float copy of the whole set is ever held.
-    A scan that fails here is logged and left out of the arrays, never fatal.
+    A generator: every ``params["shard_scans"]`` scans it yields the next shard of each model
+    input, ``{"scan_id", "images", "complete"}`` (uint8 arrays; ``complete`` on the last one), and
+    the ROI table (box used, its source, the automatic box's confidence, and its IoU against a
+    given one), empty until the last yield. Kedro saves each yield (the model inputs' dataset
+    appends it as a shard), so memory holds a bounded number of shards, not the cohort;
+    :func:`collect_model_inputs` joins the yields for a caller that wants them whole.
+    The scans are spread over ``workers`` processes (None: every CPU; the parameter
+    ``workers``), or the workers of the Dask scheduler ``dask_scheduler``; the outputs do not
+    depend on either. A scan that fails here is logged and left out of the arrays, never fatal.
     """
-    sizes = {"small": int(params["size_cnn21"]), "large": int(params["size_baselines"])}
-    n = len(scan_manifest)
-    arrays = {k: np.zeros((n, s, s, 3), dtype=np.uint8) for k, s in sizes.items()}
+    sizes = (int(params["size_cnn21"]), int(params["size_baselines"]))
+    shard = int(params["shard_scans"])
     paths = file_index.drop_duplicates("file_ref").set_index("file_ref")["source"]
     corrections = _corrections(raw_scans, scan_manifest, params)
-    fit = params.get("fit", "stretch")
-    rows, kept_ids = [], []
-    for row in scan_manifest.itertuples(index=False):
-        record = pd.Series(row._asdict())
-        ref = record["file_ref"]
-        try:
-            load = raw_scans[paths[ref]]
-        except KeyError:
-            log.warning("roi_resize: skipping %s: not in the raw folder any more (re-run ingest)", ref)
-            rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": "failed"})
-            continue
-        try:
-            pixels = decode_scan(load(), name=ref, max_pixels=int(max_pixels)).pixels  # its str() names `ref`
-        except ScanDecodeError as err:
-            log.warning("roi_resize: skipping %s", err)
-            rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": "failed"})
-            continue
-        given = _given_box(record) if params.get("use_roi_csv", True) else None
-        choice = choose_roi(pixels, given, params["margin"], corrections.get(ref))
-        if choice.source == "whole":
-            log.warning("roi_resize: no spine found in %s, using the whole image (%s)", ref, choice.reason)
-        iou = math.nan
-        if given is not None and params.get("measure_auto_roi", True):
-            auto = detect_spine_roi(pixels, margin=params["margin"])
-            iou = box_iou(auto, given) if auto is not None else 0.0
-        i = len(kept_ids)
-        for key, size in sizes.items():
-            arrays[key][i] = crop_resize(pixels, choice.box, size, params["low_percentile"],
-                                         params["high_percentile"], fit)
-        kept_ids.append(record["scan_id"])
-        x0, y0, x1, y1 = choice.box
-        rows.append({"scan_id": record["scan_id"], "file_ref": ref, "roi_source": choice.source,
-                     "x0": x0, "y0": y0, "x1": x1, "y1": y1, "confidence": choice.confidence,
-                     "reason": choice.reason, "auto_roi_iou": iou})
-    roi_table = pd.DataFrame(rows).reindex(columns=ROI_TABLE_COLUMNS)
-    if roi_table["auto_roi_iou"].notna().any():
-        log.info("roi_resize: automatic ROI median IoU vs given boxes = %.3f", roi_table["auto_roi_iou"].median())
-    ids = np.asarray(kept_ids, dtype=str)
-    k = len(kept_ids)
-    return (
-        roi_table,
-        {"scan_id": ids, "images": arrays["small"][:k]},
-        {"scan_id": ids, "images": arrays["large"][:k]},
+    settings = {k: params.get(k, default) for k, default in
+                (("use_roi_csv", True), ("measure_auto_roi", True), ("margin", None), ("low_percentile", None),
+                 ("high_percentile", None), ("fit", "stretch"))}
+    settings.update(sizes=sizes, max_pixels=int(max_pixels))
+    tasks = (
+        (record, raw_scans.get(paths.get(record["file_ref"], ""), None), corrections.get(record["file_ref"]), settings)
+        for record in scan_manifest.to_dict("records")
     )
+    count = worker_count(workers)
+    rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    images: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    done = 0
+    for row, small, large, warning in map_ordered(_crop_one, tasks, count, window=max(shard, 4 * count),
+                                                      scheduler=dask_scheduler):
+        done += 1
+        rows.append(row)
+        if warning:
+            log.warning("roi_resize: %s", warning)
+        if small is not None:
+            ids.append(row["scan_id"])
+            images[0].append(small)
+            images[1].append(large)
+        last = done == len(scan_manifest)
+        if len(ids) == shard or last:
+            # Kedro hands a generator's yields to the outputs through itertools.tee, which keeps up
+            # to 57 yields alive: each yield carries one shard, and the ROI table only at the end
+            # (an empty one before: a header-only file until the node completes).
+            table = _roi_table(rows) if last else _roi_table([])
+            yield (table, *(_shard(ids, part, size, last) for part, size in zip(images, sizes)))
+            ids, images = [], ([], [])
+    if done == 0:  # nothing to crop: still one (empty) save of every output
+        yield (_roi_table(rows), *(_shard([], [], size, True) for size in sizes))
+
+
+def _roi_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows).reindex(columns=ROI_TABLE_COLUMNS)
+    if len(rows) and table["auto_roi_iou"].notna().any():
+        log.info("roi_resize: automatic ROI median IoU vs given boxes = %.3f", table["auto_roi_iou"].median())
+    return table
+
+
+def _shard(ids: list[str], images: list[np.ndarray], size: int, complete: bool) -> dict[str, Any]:
+    """One shard of a model input; ``complete``: the last one (the dataset then writes its index)."""
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
+    return {"scan_id": np.asarray(ids, dtype=str), "images": stacked, "complete": complete}
+
+
+def collect_model_inputs(
+    chunks: Iterable[tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]],
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`crop_and_resize`'s yields joined: the last ROI table and the whole model inputs."""
+    table, smalls, larges = None, [], []
+    for table, small, large in chunks:  # the last ROI table is the whole one
+        smalls.append(small)
+        larges.append(large)
+
+    def join(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {"scan_id": np.concatenate([p["scan_id"] for p in parts]).astype(str),
+                "images": np.concatenate([p["images"] for p in parts])}
+
+    return table, join(smalls), join(larges)
+
+
+def _crop_one(
+    task: tuple[dict[str, Any], Callable[[], bytes] | None, Box | None, dict[str, Any]],
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None, str | None]:
+    """One scan's ROI row, its two model inputs (None when it failed) and a warning to log (run in
+    a worker process, whose log records would not reach the run's log: the caller logs it)."""
+    record, load, corrected, settings = task
+    ref = record["file_ref"]
+    failed = {"scan_id": record["scan_id"], "file_ref": ref, "roi_source": "failed"}
+    if load is None:
+        return failed, None, None, f"skipping {ref}: not in the raw folder any more (re-run ingest)"
+    try:
+        pixels = decode_scan(load(), name=ref, max_pixels=settings["max_pixels"]).pixels  # its str() names `ref`
+    except ScanDecodeError as err:
+        return failed, None, None, f"skipping {err}"
+    given = _given_box(pd.Series(record)) if settings["use_roi_csv"] else None
+    choice = choose_roi(pixels, given, settings["margin"], corrected)
+    warning = (f"no spine found in {ref}, using the whole image ({choice.reason})"
+               if choice.source == "whole" else None)
+    iou = math.nan
+    if given is not None and settings["measure_auto_roi"]:
+        auto = detect_spine_roi(pixels, margin=settings["margin"])
+        iou = box_iou(auto, given) if auto is not None else 0.0
+    small, large = (crop_resize(pixels, choice.box, size, settings["low_percentile"], settings["high_percentile"],
+                                settings["fit"]) for size in settings["sizes"])
+    x0, y0, x1, y1 = choice.box
+    row = {"scan_id": record["scan_id"], "file_ref": ref, "roi_source": choice.source, "x0": x0, "y0": y0,
+           "x1": x1, "y1": y1, "confidence": choice.confidence, "reason": choice.reason, "auto_roi_iou": iou}
+    return row, small, large, warning
 
 
 def roi_contact_sheet(

@@ -10,7 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 crop_and_resize,
-                inputs=["raw_scans", "scan_manifest", "file_index", "params:roi_resize", "params:ingest.max_pixels"],
+                inputs=["raw_scans", "scan_manifest", "file_index", "params:roi_resize", "params:ingest.max_pixels",
+                        "params:workers", "params:dask_scheduler"],
                 outputs=["roi_table", "model_input_150", "model_input_300"],
                 name="crop_and_resize",
             ),
