@@ -34,6 +34,18 @@ def test_test_set_holds_the_test_partition_of_the_scheme_only(cohort):
     assert len(three) == int((table.partition == "test").sum())
 
 
+def test_evaluate_keys_test_images_by_their_own_size_not_the_dataset_names(cohort):
+    """roi_resize.size_cnn21 / size_baselines other than 150 / 300: the model inputs keep their
+    catalog names (model_input_150, model_input_300), and evaluate finds each size by its images."""
+    from osteo_pipeline.pipelines.evaluate.nodes import select_test_scans
+
+    inputs, table, manifest = cohort
+    assert SIZE not in (150, 300)
+    test = select_test_scans(inputs[SIZE], inputs[2 * SIZE], table, manifest, "binary")
+    assert sorted(test.images) == [SIZE, 2 * SIZE]
+    assert test.images_at(SIZE).shape[1:3] == (SIZE, SIZE) and test.images_at(2 * SIZE).shape[1:3] == (2 * SIZE, 2 * SIZE)
+
+
 def test_a_patient_in_two_partitions_stops_the_evaluation(cohort):
     inputs, table, manifest = cohort
     table.loc[table.index[0], "partition"] = "test"  # p00's first scan moves, its second stays in train

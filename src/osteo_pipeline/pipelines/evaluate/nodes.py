@@ -49,8 +49,13 @@ def select_test_scans(
     scan_manifest: pd.DataFrame,
     label_scheme: str,
 ) -> TestSet:
-    """The test partition of ``label_scheme`` at 150 and 300 px: the only read of test scans."""
-    return select_test_set({150: model_input_150, 300: model_input_300}, split_table, scan_manifest, label_scheme)
+    """The test partition of ``label_scheme`` at both input sizes: the only read of test scans.
+
+    Keyed by the images' own side, not the datasets' names: ``roi_resize.size_cnn21`` and
+    ``size_baselines`` may be set to other sizes than the names say.
+    """
+    by_size = {int(inputs["images"].shape[1]): inputs for inputs in (model_input_150, model_input_300)}
+    return select_test_set(by_size, split_table, scan_manifest, label_scheme)
 
 
 # ----------------------------------------------------------------------------- which models
