@@ -340,9 +340,9 @@ class RawListing:
 
     @classmethod
     def of(cls, root: Path) -> RawListing:
-        from osteo_pipeline.datasets.raw_folder import _walk
+        from osteo_pipeline.datasets.raw_folder import walk
 
-        files, problems = _walk(str(root))
+        files, problems = walk(str(root))
         return cls(root, files, {rel: code for rel, (_, code) in problems.items()})
 
     def _problems(self) -> list[list[str]]:
@@ -381,9 +381,10 @@ def _raw_root(catalog: Any) -> Path | None:
     from osteo_pipeline.datasets import RawFolderDataset
 
     dataset = catalog.get(RAW) if RAW in catalog else None
-    if not isinstance(dataset, RawFolderDataset) or dataset._protocol != "file":
+    local = dataset.local_root() if isinstance(dataset, RawFolderDataset) else None
+    if local is None:
         return None
-    root = Path(dataset._local_root())
+    root = Path(local)
     return root if root.is_dir() else None
 
 

@@ -44,7 +44,7 @@ class RawFolderDataset(PartitionedDataset):
         if not os.path.isdir(root):
             raise DatasetError(f"The raw folder '{root}' is not a folder. Expected {EXPECTED_LAYOUT}.")
         try:
-            files, problems = _walk(root)
+            files, problems = walk(root)
         except OSError as err:
             raise DatasetError(f"The raw folder '{root}' cannot be read: {os_reason(err)}.") from None
         partitions: dict[str, Callable[[], bytes]] = {}
@@ -72,6 +72,10 @@ class RawFolderDataset(PartitionedDataset):
     def _local_root(self) -> str:
         return os.path.abspath(self._filesystem._strip_protocol(self._path))
 
+    def local_root(self) -> str | None:
+        """The folder's absolute path on this machine; ``None`` when it is remote (s3://, ...)."""
+        return self._local_root() if self._protocol == "file" else None
+
     def _load_remote(self) -> dict[str, Callable[[], bytes]]:
         try:
             return super().load()
@@ -85,7 +89,7 @@ def _fail(path: str, reason: str, code: str) -> bytes:
     raise RawReadError(path, reason, code)
 
 
-def _walk(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+def walk(root: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """Files (relative id -> path) and problems (relative id -> (reason, code)) under ``root``.
 
     Raises:
